@@ -8,8 +8,9 @@ offset into the concatenated object list).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

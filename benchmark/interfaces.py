@@ -7,9 +7,10 @@ resolved by name through :mod:`benchmark.registry` (the minGPT Trainer / detectr
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ class DatasetInfo:
     mask_size: int
     split_version: str
     protocol_version: str
+    split_sha256: str = ""  # hash of the training split manifest
     phrases: tuple[str, ...] = ()  # natural-language object names for text encoders (index-aligned)
     pred_phrases: tuple[str, ...] = ()
 
@@ -98,11 +100,12 @@ class Method(nn.Module, abc.ABC):
         ...
 
     @abc.abstractmethod
-    def sample(self, batch: SceneGraphBatch, generator: torch.Generator, layout: str = "pred") -> Tensor:
+    def sample(self, batch: SceneGraphBatch, generator: list[torch.Generator], layout: str = "pred") -> Tensor:
         """Images float32 [B, 3, H, W] in [0, 1] for the B graphs of ``batch``.
 
+        ``generator`` holds one CPU ``torch.Generator`` per graph (``benchmark.seeding.randn`` draws
+        per-image noise from them), so a sample never depends on the batch it was drawn in.
         ``layout`` is "pred" (the method predicts boxes/masks) or "gt" (use ``batch.boxes``/``masks``).
-        All randomness must come from ``generator``.
         """
         ...
 
@@ -140,6 +143,10 @@ class EvalInputs:
     load_split: Callable[[str], SceneGraphDataset]
     protocol: dict[str, Any] = field(default_factory=dict)
     pred_boxes: list[Tensor] | None = None
+
+
+class MetricUnavailable(RuntimeError):
+    """Raised by a metric whose weights or inputs are missing: reported as unavailable, never as a number."""
 
 
 class Metric(abc.ABC):

@@ -31,9 +31,14 @@ def data_root() -> Path:
     return Path(os.environ.get("SG2I_DATA_ROOT", cache_dir() / "data"))
 
 
+def _project_dir() -> Path:
+    """The checkout when installed editable (``pip install -e .``), else the current folder."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("SG2I_RESULTS", REPO_ROOT / "results"))
+    return Path(os.environ.get("SG2I_RESULTS", _project_dir() / "results"))
 
 
 def reports_dir() -> Path:
-    return Path(os.environ.get("SG2I_REPORTS", REPO_ROOT / "reports"))
+    return Path(os.environ.get("SG2I_REPORTS", _project_dir() / "reports"))

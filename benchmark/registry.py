@@ -17,10 +17,11 @@ import ast
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 KINDS = ("method", "dataset", "metric", "text_encoder")
 # Packages scanned for @register decorators.

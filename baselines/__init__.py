@@ -1,0 +1,1 @@
+"""Baselines: reference points every method is compared against (retrieval, SG2Im and its variants)."""

@@ -1,0 +1,130 @@
+"""Self-describing checkpoints in safetensors: weights, optimizer state and everything needed to rebuild.
+
+A checkpoint is one ``.safetensors`` file. Tensors: ``model.*`` (the method's ``state_dict``) and
+``state.*`` (optimizer states, RNG states). The safetensors metadata (str -> str) carries JSON under the
+key ``sg2i``: method name, method config, run config, vocabulary, split and protocol versions, step, git
+commit and the non-tensor skeleton of the optimizer states. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from benchmark.io import atomic_write_bytes
+
+FORMAT = "sg2i-bench-checkpoint"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the field."""
+
+
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move the tensors of a nested dict/list structure into ``tensors``; return a JSON-able skeleton.
+
+    Dict keys keep their type (optimizer states use int keys), so dicts are encoded as key/value pairs.
+    """
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, flatten_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__} at {prefix}")
+
+
+def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__dict__" in skel:
+            return {k: unflatten_state(v, tensors) for k, v in skel["__dict__"]}
+        if "__list__" in skel:
+            return [unflatten_state(v, tensors) for v in skel["__list__"]]
+    return skel
+
+
+def save_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    extra_state: dict[str, Any] | None = None,
+) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model_state.items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+    skeleton = flatten_state(extra_state or {}, "state", tensors)
+    # safetensors refuses shared storage; clone tensors that alias one another.
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        if ptr in seen:
+            tensors[k] = v.clone()
+        seen.add(ptr)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "extra_state": skeleton}
+    atomic_write_bytes(path, save(tensors, metadata={"sg2i": json.dumps(header)}))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("sg2i")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without sg2i-bench metadata (field 'sg2i' missing)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata field 'sg2i' is not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
+    """Return (meta, model_state, extra_state). Only safetensors is read: no pickle is involved."""
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt tensor data ({e})") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    extra = unflatten_state(meta.pop("extra_state", {}), tensors)
+    return meta, model_state, extra
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild a (possibly nested) frozen dataclass from ``dataclasses.asdict`` output."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v, tp = d[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            v = config_from_dict(tp, v)
+        elif typing.get_origin(tp) is tuple and isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)

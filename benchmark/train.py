@@ -1,0 +1,229 @@
+"""The training loop: any registered method on any registered dataset, CPU or CUDA, resumable.
+
+The loop never imports a specific method or dataset; it resolves names through the registry and calls
+``Method.train_step``. Data order is a pure function of (seed, step): epoch ``e`` visits the training set in
+``torch.randperm`` order seeded by ``derive_seed(seed, "epoch", e)``, so a resumed run sees exactly the
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from benchmark import registry
+from benchmark.batch import collate
+from benchmark.checkpoint import (
+    CheckpointError,
+    config_from_dict,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from benchmark.config import RunConfig
+from benchmark.env import environment
+from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset
+from benchmark.protocol import load_protocol
+from benchmark.scene_graph import Vocab
+from benchmark.seeding import derive_seed, seed_everything
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def build_dataset(name: str, split: str, image_size: int) -> SceneGraphDataset:
+    return registry.get("dataset", name).build(split=split, image_size=image_size)
+
+
+def dataset_info(ds: SceneGraphDataset, protocol_version: str) -> DatasetInfo:
+    obj_phrases, pred_phrases = ds.phrases()
+    return DatasetInfo(
+        name=ds.name,
+        vocab=ds.vocab,
+        image_size=ds.image_size,
+        mask_size=ds.mask_size,
+        split_version=ds.split_version,
+        split_sha256=ds.split_sha256,
+        protocol_version=protocol_version,
+        phrases=tuple(obj_phrases),
+        pred_phrases=tuple(pred_phrases),
+    )
+
+
+class StepSampler(Sampler[list[int]]):
+    """Batches for steps [start, stop): epoch-wise permutations seeded by (seed, epoch), drop-last."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        if n < 1:
+            raise ValueError("the training split is empty")
+        self.n, self.bs, self.seed, self.start, self.stop = n, min(batch_size, n), seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = self.n // self.bs
+        for step in range(self.start, self.stop):
+            epoch, k = divmod(step, per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch)))
+            yield perm[k * self.bs : (k + 1) * self.bs].tolist()
+
+
+@dataclass
+class TrainOutcome:
+    method: Method
+    checkpoint: Path
+    train_s: float
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float) -> dict[str, Any]:
+    return {
+        "method": cfg.method,
+        "method_cfg": asdict(cfg.method_cfg),
+        "run_config": cfg.to_dict(),
+        "dataset": cfg.dataset,
+        "vocab": info.vocab.to_json(),
+        "phrases": list(info.phrases),
+        "pred_phrases": list(info.pred_phrases),
+        "image_size": info.image_size,
+        "mask_size": info.mask_size,
+        "split_version": info.split_version,
+        "split_sha256": info.split_sha256,
+        "protocol_version": info.protocol_version,
+        "step": step,
+        "train_s": train_s,
+        "git_commit": environment().get("git_commit", "unknown"),
+    }
+
+
+def _comparable(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a run config that must match for a resume (evaluation settings may differ)."""
+    return {k: v for k, v in run_config.items() if k not in ("eval", "device")}
+
+
+def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
+    """Train ``cfg.method`` on ``cfg.dataset``; resume from ``run_dir/checkpoint.safetensors`` if present."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    proto = load_protocol(cfg.dataset)
+    train_set = build_dataset(cfg.dataset, "train", cfg.image_size)
+    info = dataset_info(train_set, proto["version"])
+    method_cls = registry.get("method", cfg.method)
+    method: Method = method_cls(cfg.method_cfg, info).to(device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / CHECKPOINT_NAME
+    start, history, prior_s = 0, [], 0.0
+    if ckpt.exists():
+        meta = read_metadata(ckpt)
+        if _comparable(meta.get("run_config", {})) != _comparable(cfg.to_dict()):
+            raise CheckpointError(
+                f"{ckpt}: field 'run_config' differs from this run's configuration; "
+                "use another --out folder or delete the checkpoint to start afresh"
+            )
+        meta, state, extra = load_checkpoint(ckpt, device)
+        method.load_state_dict(state)
+        method.load_optimizer_state(extra.get("optimizers", {}))
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in extra:
+            torch.cuda.set_rng_state(extra["cuda_rng"].cpu())
+        start, history, prior_s = int(meta["step"]), list(extra.get("history", [])), float(meta.get("train_s", 0.0))
+    else:
+        method.setup(train_set)
+
+    def save(step: int, elapsed: float) -> None:
+        extra = {"optimizers": method.optimizer_state(), "torch_rng": torch.get_rng_state(), "history": history}
+        if device.type == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state()
+        save_checkpoint(ckpt, method.state_dict(), _meta(cfg, info, step, elapsed), extra)
+
+    steps = cfg.train.steps if method_cls.trainable else 0
+    t0 = time.perf_counter()
+    if start < steps:
+        loader = DataLoader(
+            train_set,
+            batch_sampler=StepSampler(len(train_set), cfg.train.batch_size, cfg.seed, start, steps),
+            collate_fn=collate,
+            num_workers=cfg.train.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        use_amp = cfg.train.amp and device.type == "cuda"
+        method.train()
+        bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method}/{cfg.dataset}", disable=not progress)
+        for step, batch in enumerate(loader, start=start):
+            batch = batch.to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                losses = method.train_step(batch, step)
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step}: {bad}; the last good checkpoint {ckpt} is kept"
+                )
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == steps:
+                history.append({"step": done, **{k: float(v) for k, v in losses.items()}})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
+            bar.update(1)
+            if done % cfg.train.checkpoint_every == 0 and done < steps:
+                save(done, prior_s + time.perf_counter() - t0)
+        bar.close()
+    train_s = prior_s + time.perf_counter() - t0
+    if start < steps or not ckpt.exists():
+        save(steps, train_s)
+    method.eval()
+    return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start)
+
+
+def load_method(path: str | Path, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
+    """Rebuild a trained method from a self-describing checkpoint (no flags needed)."""
+    meta, state, _ = load_checkpoint(path, device)
+    name = meta.get("method")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{path}: metadata field 'method' is missing")
+    method_cls = registry.get("method", name)
+    try:
+        mcfg = config_from_dict(method_cls.Config, meta["method_cfg"])
+        info = DatasetInfo(
+            name=meta["dataset"],
+            vocab=Vocab.from_json(meta["vocab"], source=f"{path} field 'vocab'"),
+            image_size=int(meta["image_size"]),
+            mask_size=int(meta["mask_size"]),
+            split_version=str(meta["split_version"]),
+            split_sha256=str(meta.get("split_sha256", "")),
+            protocol_version=str(meta["protocol_version"]),
+            phrases=tuple(meta.get("phrases", ())),
+            pred_phrases=tuple(meta.get("pred_phrases", ())),
+        )
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: metadata field {e} is missing or malformed") from None
+    method = method_cls(mcfg, info).to(device)
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit method {name!r}: {str(e)[:500]}") from None
+    method.eval()
+    return method, meta

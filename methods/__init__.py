@@ -1,0 +1,1 @@
+"""Methods: text encoders and diffusion generators conditioned on scene graphs."""
