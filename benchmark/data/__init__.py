@@ -1,0 +1,1 @@
+"""Dataset loaders; each module registers one dataset with ``@register("dataset", name)``."""
