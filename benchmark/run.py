@@ -82,13 +82,17 @@ def eval_checkpoint(
     t0 = time.perf_counter()
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
-    method, meta = load_method(checkpoint, dev)
+    sets = dict(sets or {})
+    method_sets = {k.split(".", 1)[1]: sets.pop(k) for k in list(sets) if k.startswith(("method.", "method_cfg."))}
+    method, meta = load_method(checkpoint, dev, method_sets)
     rc = dict(meta["run_config"])
     rc["method_cfg"] = method.cfg
     rc["eval"] = config_from_dict(EvalConfig, rc["eval"])
     rc["train"] = config_from_dict(TrainConfig, rc["train"])
     cfg = RunConfig(**rc)
-    cfg = apply_overrides(cfg, {"device": device, **(sets or {})})
+    cfg = apply_overrides(cfg, {"device": device, **sets})
+    if any(not k.startswith(("eval.", "device")) for k in sets):
+        raise ValueError(f"eval: only eval.*, method.* and device may be overridden, got {sorted(sets)}")
     return _record(cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0)
 
 

@@ -28,7 +28,7 @@ from benchmark.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from benchmark.config import RunConfig
+from benchmark.config import RunConfig, apply_overrides
 from benchmark.env import environment
 from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset
 from benchmark.protocol import load_protocol
@@ -198,15 +198,20 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start)
 
 
-def load_method(path: str | Path, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
-    """Rebuild a trained method from a self-describing checkpoint (no flags needed)."""
+def load_method(
+    path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None
+) -> tuple[Method, dict[str, Any]]:
+    """Rebuild a trained method from a self-describing checkpoint (no flags needed).
+
+    ``overrides`` change sampling-time fields of the method config (e.g. ``{"sampler": "ddim"}``).
+    """
     meta, state, _ = load_checkpoint(path, device)
     name = meta.get("method")
     if not isinstance(name, str):
         raise CheckpointError(f"{path}: metadata field 'method' is missing")
     method_cls = registry.get("method", name)
     try:
-        mcfg = config_from_dict(method_cls.Config, meta["method_cfg"])
+        mcfg = apply_overrides(config_from_dict(method_cls.Config, meta["method_cfg"]), overrides or {})
         info = DatasetInfo(
             name=meta["dataset"],
             vocab=Vocab.from_json(meta["vocab"], source=f"{path} field 'vocab'"),
