@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--tier", default="quick", help="smoke (seconds), quick (CPU minutes), full (published settings)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", default="", help="protocol variant, e.g. lostgan for coco_stuff (default: protocol.json)")
     p.add_argument("--out", default="runs", help="folder for checkpoints and samples (resumes if present)")
     _add_common(p)
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from benchmark.run import run
 
-            cfg = build_run_config(args.method, args.dataset, args.tier, args.seed, args.device, sets)
+            cfg = build_run_config(args.method, args.dataset, args.tier, args.seed, args.device, sets, args.protocol)
             result, path = run(cfg, args.out, args.results, progress)
         else:
             from benchmark.run import eval_checkpoint

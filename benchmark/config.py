@@ -46,6 +46,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     image_size: int = 32
+    protocol: str = ""  # protocol variant: "" = protocol.json, "lostgan" = protocol_lostgan.json
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -146,6 +147,7 @@ def build_run_config(
     seed: int = 0,
     device: str = "auto",
     sets: dict[str, Any] | None = None,
+    protocol: str = "",
 ) -> RunConfig:
     """Resolve the full configuration of one (method, dataset, tier) run."""
     from benchmark import registry
@@ -155,9 +157,12 @@ def build_run_config(
     method_cls = registry.get("method", method)
     if dataset not in registry.names("dataset"):
         raise registry.unknown("dataset", dataset)
-    proto = load_protocol(dataset)
+    proto = load_protocol(dataset, protocol)
     settings = tier_settings(proto, tier)
-    base = RunConfig(method=method, dataset=dataset, method_cfg=method_cls.Config(), tier=tier, seed=seed, device=device)
+    base = RunConfig(
+        method=method, dataset=dataset, method_cfg=method_cls.Config(), tier=tier, seed=seed, device=device,
+        protocol=protocol,
+    )
     layers = [
         _flatten(settings),
         {"eval.splits": tuple(proto["eval_splits"]), "eval.metrics": tuple(proto["metrics"])},

@@ -19,12 +19,21 @@ TIERS = ("smoke", "quick", "full")
 _REQUIRED = ("dataset", "version", "eval_splits", "metrics", "tiers")
 
 
-def protocol_path(dataset: str) -> Path:
-    return assets_dir() / dataset / "protocol.json"
+def protocol_path(dataset: str, variant: str = "") -> Path:
+    """``datasets/<dataset>/protocol.json``, or ``protocol_<variant>.json`` for a named variant."""
+    return assets_dir() / dataset / (f"protocol_{variant}.json" if variant else "protocol.json")
 
 
-def load_protocol(dataset: str) -> dict[str, Any]:
-    path = protocol_path(dataset)
+def protocol_variants(dataset: str) -> list[str]:
+    return sorted(p.stem[len("protocol_") :] for p in (assets_dir() / dataset).glob("protocol_*.json"))
+
+
+def load_protocol(dataset: str, variant: str = "") -> dict[str, Any]:
+    """Load and check a protocol file; ``train_split`` defaults to "train"."""
+    path = protocol_path(dataset, variant)
+    if variant and not path.is_file():
+        valid = ", ".join(protocol_variants(dataset)) or "(none)"
+        raise ValueError(f"unknown protocol variant {variant!r} of {dataset}; valid variants: {valid}")
     proto = read_json(path, "protocol file")
     missing = [k for k in _REQUIRED if k not in proto]
     if missing:
@@ -32,6 +41,7 @@ def load_protocol(dataset: str) -> dict[str, Any]:
     for tier in TIERS:
         if tier not in proto["tiers"]:
             raise ValueError(f"protocol file {path}: field 'tiers' lacks tier {tier!r}")
+    proto.setdefault("train_split", "train")
     proto["sha256"] = sha256_json({k: v for k, v in proto.items() if k != "sha256"})
     return proto
 

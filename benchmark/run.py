@@ -19,7 +19,8 @@ from benchmark.train import load_method, resolve_device, train
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
-    return Path(out) / f"{cfg.method}__{cfg.dataset}__{cfg.tier}__s{cfg.seed}"
+    variant = f"-{cfg.protocol}" if cfg.protocol else ""
+    return Path(out) / f"{cfg.method}__{cfg.dataset}{variant}__{cfg.tier}__s{cfg.seed}"
 
 
 def _record(
@@ -33,7 +34,7 @@ def _record(
     t_start: float,
 ) -> tuple[RunResult, Path]:
     device = resolve_device(cfg.device)
-    proto = load_protocol(cfg.dataset)
+    proto = load_protocol(cfg.dataset, cfg.protocol)
     evaluations, metric_weights, splits, sample_s, eval_s = evaluate(method, cfg, device, run_dir, progress)
     weights = list(method.weight_provenance()) + metric_weights
     now = datetime.now(timezone.utc)

@@ -128,8 +128,8 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     """Train ``cfg.method`` on ``cfg.dataset``; resume from ``run_dir/checkpoint.safetensors`` if present."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    proto = load_protocol(cfg.dataset)
-    train_set = build_dataset(cfg.dataset, "train", cfg.image_size)
+    proto = load_protocol(cfg.dataset, cfg.protocol)
+    train_set = build_dataset(cfg.dataset, proto["train_split"], cfg.image_size)
     info = dataset_info(train_set, proto["version"])
     method_cls = registry.get("method", cfg.method)
     method: Method = method_cls(cfg.method_cfg, info).to(device)

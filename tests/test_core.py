@@ -161,3 +161,13 @@ def test_checkpoint_refuses_pickles_and_truncation(tmp_path):
     (tmp_path / "t.safetensors").write_bytes(good.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="t.safetensors"):
         load_checkpoint(tmp_path / "t.safetensors")
+
+
+def test_protocol_variants_select_their_own_file():
+    from benchmark.config import build_run_config
+
+    cfg = build_run_config("retrieval", "coco_stuff", "smoke", protocol="lostgan")
+    assert cfg.protocol == "lostgan" and cfg.eval.splits == ("test_lostgan",) and cfg.eval.samples_per_graph == 2
+    assert build_run_config("retrieval", "coco_stuff", "smoke").eval.splits == ("test",)
+    with pytest.raises(ValueError, match="valid variants: lostgan"):
+        build_run_config("retrieval", "coco_stuff", "smoke", protocol="nope")
