@@ -72,9 +72,9 @@ class Retrieval(Method):
             counts.append(c)
             rows += [i] * len(rels)
             codes += sorted(rels)
-            images.append((it.image.clamp(0, 1) * 255).round().to(torch.uint8))
+            images.append(it.image)
         dev = self.images.device
-        self.images = torch.stack(images).to(dev)
+        self.images = (torch.stack(images).clamp(0, 1) * 255).round().to(torch.uint8).to(dev)
         self.obj_counts = torch.stack(counts).to(dev)
         self.rel_index = torch.tensor([rows, codes], dtype=torch.long, device=dev).reshape(2, -1)
 
