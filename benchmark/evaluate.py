@@ -86,7 +86,11 @@ def score(
                 values[key] = MetricValue(None, hib, unavailable=str(e))
             continue
         for key, hib in metric.outputs.items():
-            values[key] = MetricValue(float(out[key]), hib)
+            if out.get(key) is None:
+                reason = getattr(metric, "unavailable", {}).get(key, "the metric returned no value")
+                values[key] = MetricValue(None, hib, unavailable=reason)
+            else:
+                values[key] = MetricValue(float(out[key]), hib)
         weights += metric.provenance()
     return values, weights
 

@@ -153,13 +153,15 @@ class Metric(abc.ABC):
     """An evaluation metric. Subclasses register with ``@register("metric", name)``.
 
     ``outputs`` maps each reported value's name to higher-is-better. ``compute`` returns those values
-    (or None where unavailable, with the reason in ``unavailable``).
+    (or None where unavailable, with the reason in ``self.unavailable[name]``); a metric whose weights are
+    missing raises :class:`MetricUnavailable`. ``provenance`` is read after ``compute``.
     """
 
     outputs: ClassVar[dict[str, bool]] = {}
+    unavailable: dict[str, str]
 
     @abc.abstractmethod
-    def compute(self, inputs: EvalInputs) -> dict[str, float]:
+    def compute(self, inputs: EvalInputs) -> dict[str, float | None]:
         ...
 
     def provenance(self) -> list[WeightProvenance]:
