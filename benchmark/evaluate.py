@@ -91,7 +91,7 @@ def score(
                 values[key] = MetricValue(None, hib, unavailable=reason)
             else:
                 values[key] = MetricValue(float(out[key]), hib)
-        weights += metric.provenance()
+        weights += [w for w in metric.provenance() if w not in weights]
     return values, weights
 
 
