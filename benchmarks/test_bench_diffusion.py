@@ -1,0 +1,261 @@
+"""Speed and memory of the scene-graph diffusion methods (methods/sg_diffusion.py): training, sampling, full tier.
+
+Run: ``python -m pytest benchmarks/test_bench_diffusion.py -p no:cacheprovider --benchmark-enable
+-o addopts=--import-mode=importlib``. Figures go to ``benchmark.extra_info``; nothing is asserted about time.
+
+- ``test_train_step_quick``: one ``train_step`` of ``learned_ddpm`` at the quick tier (32 px, batch 32).
+- ``test_train_step_improved_diffusion_config``: our training step (UNet + hybrid loss + AdamW + EMA) on the
+  configuration of the improved-diffusion anchor in ``shared/reference/performance-anchors.md`` (64 ch,
+  ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, learned sigma, 32 px,
+  batch 32: 9.9M parameters). When ``improved_diffusion`` is importable (``pip install
+  git+https://github.com/openai/improved-diffusion``) its ``UNetModel`` is timed side by side in the same
+  test (same loss, optimizer and batch) and the speed ratio is recorded; otherwise only the anchor's figure
+  (3.97 s per step on the reference 2-core machine) is recorded for comparison.
+- ``test_sampling_throughput[sampler]``: images/s of ``sample`` for the quick-tier model with 1000-step
+  respaced DDPM (i.e. no respacing), 50-step DDIM and 20-step DPM-Solver++ (batch 16).
+- ``test_full_tier_train_step_cpu``: the full-tier 64 px model (ADM-64 scale) on CPU at batch 2, with the
+  peak RSS of a fresh process doing the same (``resource.ru_maxrss``).
+- ``test_full_tier_cuda``: the same at batch 32 on CUDA with bf16 autocast and ``max_memory_allocated``
+  (skipped without CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ANCHOR_IDDPM_STEP_S = 3.97  # performance-anchors.md: improved-diffusion, 32x32, batch 32, 64 ch (9.9M params)
+
+
+def _method(tier: str, image_size: int, **sets: object):
+    from benchmark import registry
+    from benchmark.config import build_run_config
+    from benchmark.protocol import load_protocol
+    from benchmark.train import build_dataset, dataset_info
+
+    cfg = build_run_config(
+        "learned_ddpm", "shapes", tier=tier, device="cpu", sets={f"method.{k}": v for k, v in sets.items()}
+    )
+    ds = build_dataset("shapes", "train", image_size)
+    m = registry.get("method", "learned_ddpm")(
+        cfg.method_cfg, dataset_info(ds, load_protocol("shapes")["version"])
+    )
+    return m, ds
+
+
+def _batch(ds, n: int):
+    from benchmark.batch import collate
+
+    return collate([ds[i] for i in range(n)])
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_train_step_quick(benchmark):
+    torch.manual_seed(0)
+    m, ds = _method("quick", 32)
+    batch = _batch(ds, 32)
+    m.train_step(batch, 0)
+    counter = iter(range(1, 10**6))
+    benchmark.extra_info.update(
+        {
+            "config": "learned_ddpm quick, 32 px",
+            "batch": 32,
+            "unet_params": _params(m.net.unet),
+            "params": _params(m.net),
+        }
+    )
+    benchmark.pedantic(lambda: m.train_step(batch, next(counter)), rounds=5, iterations=1, warmup_rounds=1)
+    s = benchmark.stats.stats.median
+    benchmark.extra_info.update({"it_per_s": 1 / s, "img_per_s": 32 / s, "threads": torch.get_num_threads()})
+
+
+def _iddpm_like_step(unet: torch.nn.Module, ema: torch.nn.Module, opt, x0: torch.Tensor, diffusion) -> None:
+    from methods.diffusion import ema_update
+
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],))
+    noise = torch.randn_like(x0)
+    x_t = diffusion.q_sample(x0, t, noise)
+    loss = diffusion.hybrid_loss(unet(x_t, t), x0, x_t, t, noise)["loss"].mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    ema_update(ema, unet, 0.9999)
+
+
+def test_train_step_improved_diffusion_config(benchmark):
+    import copy
+
+    from methods.diffusion import GaussianDiffusion
+    from methods.unet import UNetModel
+
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(1000)
+    kw = dict(num_res_blocks=2, attention_resolutions=(2, 4), dropout=0.1, channel_mult=(1, 2, 2, 2))
+    ours = UNetModel(3, 64, 6, num_heads=4, use_scale_shift_norm=True, **kw)
+    ours_ema = copy.deepcopy(ours).requires_grad_(False)
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    x0 = torch.rand(32, 3, 32, 32) * 2 - 1
+    benchmark.extra_info.update({"params": _params(ours), "batch": 32, "anchor_step_s": ANCHOR_IDDPM_STEP_S})
+
+    ref_times: list[float] = []
+    try:
+        from improved_diffusion.unet import UNetModel as RefUNet
+    except ImportError:
+        ref = None
+    else:
+        ref = RefUNet(3, 64, 6, num_heads=4, use_scale_shift_norm=True, **kw)
+        ref_ema = copy.deepcopy(ref).requires_grad_(False)
+        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+        benchmark.extra_info["reference_params"] = _params(ref)
+
+    def step() -> None:
+        # Interleave the reference with ours so that both see the same machine load.
+        if ref is not None:
+            t0 = time.perf_counter()
+            _iddpm_like_step(ref, ref_ema, ref_opt, x0, diffusion)
+            ref_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _iddpm_like_step(ours, ours_ema, opt, x0, diffusion)
+        ours_times.append(time.perf_counter() - t0)
+
+    ours_times: list[float] = []
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    ours_s = sorted(ours_times[1:])[len(ours_times[1:]) // 2]
+    benchmark.extra_info.update(
+        {"ours_step_s": ours_s, "speedup_vs_anchor_figure": ANCHOR_IDDPM_STEP_S / ours_s}
+    )
+    if ref_times:
+        ref_s = sorted(ref_times[1:])[len(ref_times[1:]) // 2]
+        benchmark.extra_info.update(
+            {"reference_step_s": ref_s, "speedup_vs_reference_side_by_side": ref_s / ours_s}
+        )
+
+
+@pytest.fixture(scope="module")
+def quick_model():
+    torch.manual_seed(0)
+    m, ds = _method("quick", 32)
+    # A few training steps so that the zero-initialised output layer is not zero (the cost is the same).
+    batch = _batch(ds, 8)
+    for i in range(3):
+        m.train_step(batch, i)
+    return m.eval(), _batch(ds, 16)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpmsolver++", 20)])
+def test_sampling_throughput(benchmark, quick_model, sampler, steps):
+    import dataclasses
+
+    from benchmark.seeding import sample_generators
+
+    m, batch = quick_model
+    old = m.cfg
+    m.cfg = dataclasses.replace(old, sampler=sampler, sample_steps=steps)
+    n = batch.num_images
+    try:
+        with torch.inference_mode():
+            benchmark.pedantic(
+                lambda: m.sample(batch, sample_generators(0, "bench", list(range(n)), 0)),
+                rounds=1 if steps >= 1000 else 3,
+                iterations=1,
+            )
+    finally:
+        m.cfg = old
+    s = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        {
+            "sampler": sampler,
+            "steps": steps,
+            "images": n,
+            "img_per_s": n / s,
+            "s_per_img": s / n,
+            "model": "quick",
+        }
+    )
+
+
+_FULL_SCRIPT = r"""
+import json, resource, sys, time, torch
+sys.path.insert(0, {repo!r})
+from benchmarks.test_bench_diffusion import _batch, _method
+torch.manual_seed(0)
+m, ds = _method("full", 64)
+b = _batch(ds, {batch})
+times = []
+for i in range(2):
+    t0 = time.perf_counter(); m.train_step(b, i); times.append(time.perf_counter() - t0)
+print(json.dumps({{"step_s": times[-1], "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+
+
+def test_full_tier_train_step_cpu(benchmark):
+    batch_size = 2
+    torch.manual_seed(0)
+    m, ds = _method("full", 64)
+    b = _batch(ds, batch_size)
+    counter = iter(range(10**6))
+    benchmark.extra_info.update(
+        {
+            "config": "learned_ddpm full (ADM-64 scale), 64 px, CPU",
+            "batch": batch_size,
+            "unet_params": _params(m.net.unet),
+        }
+    )
+    benchmark.pedantic(lambda: m.train_step(b, next(counter)), rounds=1, iterations=1, warmup_rounds=1)
+    m = None  # free the model before the subprocess measures its own peak
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_SCRIPT.format(repo=str(REPO), batch=batch_size)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    benchmark.extra_info.update(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_full_tier_cuda(benchmark):
+    batch_size = 32
+    torch.manual_seed(0)
+    m, ds = _method("full", 64)
+    m = m.cuda()
+    b = _batch(ds, batch_size).to("cuda")
+    counter = iter(range(10**6))
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            m.train_step(b, next(counter))
+        torch.cuda.synchronize()
+
+    step()
+    torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=5, iterations=1)
+    s = benchmark.stats.stats.median
+    from benchmark.seeding import sample_generators
+
+    m.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        m.sample(b, sample_generators(0, "bench", list(range(batch_size)), 0))
+    torch.cuda.synchronize()
+    sample_s = time.perf_counter() - t0
+    benchmark.extra_info.update(
+        {
+            "batch": batch_size,
+            "img_per_s": batch_size / s,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "device": torch.cuda.get_device_name(),
+            "sample_img_per_s": batch_size / sample_s,
+            "sampler": f"{m.cfg.sampler} {m.cfg.sample_steps} steps",
+        }
+    )

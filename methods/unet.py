@@ -1,0 +1,347 @@
+"""The ADM UNet (Dhariwal & Nichol 2021), conditioned on a global vector and on cross-attention tokens.
+
+Follows ``openai/guided-diffusion`` ``guided_diffusion/unet.py`` (``UNetModel``, ``ResBlock`` with
+``use_scale_shift_norm`` and ``resblock_updown``, ``AttentionBlock`` with ``num_head_channels``,
+``timestep_embedding`` from ``nn.py``); the cross-attention follows GLIDE (``openai/glide-text2im``
+``glide_text2im/unet.py``: ``AttentionBlock(encoder_channels=...)`` projects the condition tokens to extra
+keys/values that the pixels attend to *together with* the self-attention keys). Changes, each for a reason:
+
+- ``GroupNorm(gcd(32, C), C)`` instead of ``GroupNorm32(32, C)``: the CPU tiers use widths below 32;
+- attention through ``F.scaled_dot_product_attention`` with a key mask, so graphs with different numbers of
+  objects can share a batch (GLIDE's text tokens have a fixed length);
+- no fp16 / gradient-checkpointing switches (bf16 autocast is the trainer's business).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> Tensor:
+    """Sinusoidal embedding ``[B] -> [B, dim]``: ``[cos(t w_k), sin(t w_k)]``, ``w_k = max_period^{-k / (dim/2)}``.
+
+    ``guided_diffusion/nn.py`` ``timestep_embedding``; ``t`` may be fractional.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def norm_groups(channels: int, min_per_group: int = 4) -> int:
+    """Groups of ADM's GroupNorm32 (32) when each group keeps >= ``min_per_group`` channels, else the most
+    groups (a divisor of C) that do.
+
+    Why: GroupNorm removes each group's spatial mean, so with one channel per group (32 groups of a 16- or
+    32-wide CPU model) the output layer cannot express an image's mean colour at all, which at high noise
+    turns into whole-image colour casts (x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) amplifies the eps mean).
+    """
+    if channels % 32 == 0 and channels // 32 >= min_per_group:
+        return 32
+    best = 1
+    for g in range(1, 33):
+        if channels % g == 0 and channels // g >= min_per_group:
+            best = g
+    return best
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    """ADM's ``GroupNorm32(32, C)`` for wide layers, fewer groups for narrow ones (see :func:`norm_groups`)."""
+    return nn.GroupNorm(norm_groups(channels), channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero the parameters of ``module`` (ADM initialises every residual branch's last layer to 0)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class TimestepBlock(nn.Module):
+    """A module whose ``forward`` takes the embedding ``emb [B, E]`` and the condition tokens."""
+
+    def forward(
+        self, x: Tensor, emb: Tensor, tokens: Tensor | None = None, token_mask: Tensor | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """Sequential that hands ``emb`` to residual blocks and the tokens to attention blocks."""
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, emb: Tensor, tokens: Tensor | None = None, token_mask: Tensor | None = None
+    ) -> Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock):
+                x = layer(x, tokens, token_mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then an optional 3x3 conv."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class Downsample(nn.Module):
+    """A stride-2 3x3 conv, or 2x2 average pooling."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.op: nn.Module = (
+            nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+            if use_conv
+            else nn.AvgPool2d(2, stride=2)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    """ADM residual block with adaptive group norm ("scale-shift norm", AdaGN):
+
+        h = conv3x3(SiLU(GN(x)))                       [B, C_out, H, W]  (resampled first if up/down)
+        scale, shift = Linear(SiLU(emb)).chunk(2)      [B, C_out] each
+        h = conv3x3_0(Dropout(SiLU(GN(h) (1 + scale) + shift)))
+        out = skip(x) + h
+
+    (``use_scale_shift_norm=False``: ``h + Linear(SiLU(emb))`` before the second norm.) ``up``/``down`` are
+    BigGAN-style resampling inside the block (``resblock_updown``); the last conv is zero-initialised.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: int | None = None,
+        use_scale_shift_norm: bool = True,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        self.out_channels = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1)
+        )
+        self.updown = up or down
+        if up:
+            self.h_upd: nn.Module = Upsample(channels, False)
+            self.x_upd: nn.Module = Upsample(channels, False)
+        elif down:
+            self.h_upd = Downsample(channels, False)
+            self.x_upd = Downsample(channels, False)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(),
+            nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
+        )
+        self.out_layers = nn.Sequential(
+            normalization(self.out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)),
+        )
+        self.skip_connection = (
+            nn.Identity() if self.out_channels == channels else nn.Conv2d(channels, self.out_channels, 1)
+        )
+
+    def forward(
+        self, x: Tensor, emb: Tensor, tokens: Tensor | None = None, token_mask: Tensor | None = None
+    ) -> Tensor:
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h = self.h_upd(h)
+            x = self.x_upd(x)
+            h = self.in_layers[-1](h)
+        else:
+            h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H x W positions, plus cross-attention to condition tokens (GLIDE).
+
+    With ``q, k, v = W_qkv GN(x)`` ([B, 3C, HW]) and token keys/values ``k_e, v_e = W_kv tokens`` ([B, 2C, L]):
+
+        out = x + W_o softmax(q^T [k_e, k] / sqrt(d)) [v_e, v]^T      (per head, d = C / heads)
+
+    where ``token_mask [B, L]`` (True = real token) hides padded tokens. ``encoder_channels=None``: plain ADM
+    self-attention. ``W_o`` is zero-initialised.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        encoder_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_head_channels == -1:
+            self.num_heads = num_heads
+        else:
+            if channels % num_head_channels:
+                raise ValueError(
+                    f"channels {channels} not divisible by num_head_channels {num_head_channels}"
+                )
+            self.num_heads = channels // num_head_channels
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1) if encoder_channels else None
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None, token_mask: Tensor | None = None) -> Tensor:
+        b, c, *spatial = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, HW]
+        # [3, B, heads, HW, d], contiguous: the CPU SDPA kernels are several times slower on strided inputs.
+        q, k, v = qkv.reshape(b, 3, heads, d, -1).permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        mask = None
+        if self.encoder_kv is not None and tokens is not None:
+            ekv = self.encoder_kv(tokens.transpose(1, 2).to(x.dtype))  # [B, 2C, L]
+            ek, ev = ekv.reshape(b, 2, heads, d, -1).permute(1, 0, 2, 4, 3).unbind(0)
+            k, v = torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)
+            if token_mask is not None:
+                # Additive float mask (a finite minimum, not -inf): the fast path of the CPU kernel.
+                pad = torch.zeros(b, token_mask.shape[1], dtype=q.dtype, device=q.device)
+                pad = pad.masked_fill(~token_mask.bool(), torch.finfo(q.dtype).min)
+                mask = torch.cat([pad, pad.new_zeros(b, q.shape[2])], dim=1)[:, None, None, :]  # [B,1,1,L+HW]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, HW, d]
+        h = h.permute(0, 1, 3, 2).reshape(b, c, -1)  # [B, C, HW]
+        return x + self.proj_out(h).reshape(b, c, *spatial)
+
+
+class UNetModel(nn.Module):
+    """ADM's UNet: ``(x_t [B, C_in, H, W], t [B], cond [B, D_c], tokens [B, L, D_e]) -> [B, C_out, H, W]``.
+
+    ``emb = MLP(timestep_embedding(t)) + Linear(cond)`` drives every residual block's AdaGN; attention
+    blocks (at the downsampling rates ``attention_resolutions``, e.g. (2, 4, 8) for 32/16/8 px at 64 px)
+    attend to the tokens. ``channel_mult`` sets the width per level; ``num_res_blocks`` blocks per level on
+    the way down, ``num_res_blocks + 1`` on the way up (with the skip concatenations).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float = 0.0,
+        channel_mult: Sequence[int] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        use_scale_shift_norm: bool = True,
+        resblock_updown: bool = False,
+        cond_dim: int | None = None,
+        encoder_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_channels = model_channels
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.cond_embed = nn.Linear(cond_dim, emb_dim) if cond_dim else None
+        attn = dict(
+            num_heads=num_heads, num_head_channels=num_head_channels, encoder_channels=encoder_channels
+        )
+        res = dict(emb_channels=emb_dim, dropout=dropout, use_scale_shift_norm=use_scale_shift_norm)
+
+        ch = int(channel_mult[0] * model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        chans, ds = [ch], 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, out_channels=int(mult * model_channels), **res)]
+                ch = int(mult * model_channels)
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, **attn))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                chans.append(ch)
+            if level != len(channel_mult) - 1:
+                down = (
+                    ResBlock(ch, out_channels=ch, down=True, **res)
+                    if resblock_updown
+                    else Downsample(ch, conv_resample)
+                )
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                chans.append(ch)
+                ds *= 2
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, **res), AttentionBlock(ch, **attn), ResBlock(ch, **res)
+        )
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + chans.pop(), out_channels=int(model_channels * mult), **res)]
+                ch = int(model_channels * mult)
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, **attn))
+                if level and i == num_res_blocks:
+                    layers.append(
+                        ResBlock(ch, out_channels=ch, up=True, **res)
+                        if resblock_updown
+                        else Upsample(ch, conv_resample)
+                    )
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        timesteps: Tensor,
+        cond: Tensor | None = None,
+        tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, C_in, H, W], timesteps [B], cond [B, D_c], tokens [B, L, D_e], token_mask [B, L] -> [B, C_out, H, W]."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if self.cond_embed is not None and cond is not None:
+            emb = emb + self.cond_embed(cond)
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb, tokens, token_mask)
+            hs.append(h)
+        h = self.middle_block(h, emb, tokens, token_mask)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, tokens, token_mask)
+        return self.out(h)
