@@ -14,6 +14,7 @@ keys/values that the pixels attend to *together with* the self-attention keys). 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -67,13 +68,13 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-class TimestepBlock(nn.Module):
+class TimestepBlock(nn.Module, abc.ABC):
     """A module whose ``forward`` takes the embedding ``emb [B, E]`` and the condition tokens."""
 
+    @abc.abstractmethod
     def forward(
         self, x: Tensor, emb: Tensor, tokens: Tensor | None = None, token_mask: Tensor | None = None
-    ) -> Tensor:
-        raise NotImplementedError
+    ) -> Tensor: ...
 
 
 class TimestepEmbedSequential(nn.Sequential):
