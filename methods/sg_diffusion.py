@@ -194,7 +194,8 @@ class SceneGraphCondition(nn.Module):
         Why: the encoders' L2-normalised phrase vectors share a large common component ("red circle" and
         "blue circle" have cosine 0.74 under MiniLM) and have per-dimension scale ~1/sqrt(E), so after the
         projection the differences between phrases start ~20x smaller than a learned embedding's N(0, 1) rows
-        (sg2im's init), and the quick tier's generator learns colours far more slowly (object accuracy 7% vs 14%).
+        (sg2im's init), and the generator learns colours far more slowly (quick-tier ``minilm_ddpm`` on ``test``:
+        object accuracy 7.5% without this step, 13.8% with it).
         """
         if not emb.frozen:
             return emb(idx)
