@@ -941,6 +941,10 @@ class Sg2Im(Method):
         finally:
             self.generator.train(was_training)
 
+    def predict_boxes(self, batch: SceneGraphBatch, generator: list[torch.Generator]) -> Tensor:
+        """The box net's output ``[O, 4]``, which ``sample(layout="pred")`` renders as is (no noise involved)."""
+        return self.predict_layout(batch)[0]
+
 
 def _random_smoke() -> dict[str, Any]:
     """Smoke tier of a frozen-encoder variant: explicit random encoder weights (plumbing only, random_init)."""

@@ -4,11 +4,17 @@ A checkpoint is one ``.safetensors`` file. Tensors: ``model.*`` (the method's ``
 ``state.*`` (optimizer states, RNG states). The safetensors metadata (str -> str) carries JSON under the
 key ``sg2i``: method name, method config, run config, vocabulary, split and protocol versions, step, git
 commit and the non-tensor skeleton of the optimizer states. Nothing is ever unpickled.
+
+Integrity (format version 2): the metadata records ``tensors_sha256``, a SHA-256 over every tensor's name,
+dtype, shape and bytes (:func:`tensor_digest`); loading recomputes it, so a file whose tensor bytes were
+changed or corrupted after writing is refused. This guards against damage, not against a forger who also
+rewrites the digest. Version-1 files (no digest) still load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,11 +26,24 @@ from safetensors.torch import load_file, save
 from benchmark.io import atomic_write_bytes
 
 FORMAT = "sg2i-bench-checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the field."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: name, dtype, shape and the raw bytes of each."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+        if t.numel():
+            flat = t.cpu().contiguous().reshape(-1)
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -74,7 +93,10 @@ def save_checkpoint(
         if ptr in seen:
             tensors[k] = v.clone()
         seen.add(ptr)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "extra_state": skeleton}
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, **meta, "extra_state": skeleton,
+        "tensors_sha256": tensor_digest(tensors),
+    }  # fmt: skip
     atomic_write_bytes(path, save(tensors, metadata={"sg2i": json.dumps(header)}))
 
 
@@ -95,8 +117,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: metadata field 'sg2i' is not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: metadata field 'format' is {got!r}, expected {FORMAT!r}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{path}: metadata field 'format_version' is {meta.get('format_version')!r}; "
+            f"this version reads {', '.join(READABLE_VERSIONS)}"
+        )
+    if meta["format_version"] != "1" and not isinstance(meta.get("tensors_sha256"), str):
+        raise CheckpointError(f"{path}: metadata field 'tensors_sha256' is missing")
     return meta
 
 
@@ -104,11 +134,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Return (meta, model_state, extra_state). Only safetensors is read: no pickle is involved."""
     meta = read_metadata(path)
     try:
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt tensor data ({e})") from None
+    expected = meta.pop("tensors_sha256", None)
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise CheckpointError(
+            f"{path}: the tensor data does not match metadata field 'tensors_sha256' "
+            "(the file was modified or corrupted after it was written)"
+        )
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    extra = unflatten_state(meta.pop("extra_state", {}), tensors)
+    try:
+        extra = unflatten_state(meta.pop("extra_state", {}), tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata field 'extra_state' refers to a missing tensor ({e})") from None
     return meta, model_state, extra
 
 

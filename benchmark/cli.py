@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {ls,run,eval,leaderboard,prepare,generate}``.
+"""Command line: ``python -m benchmark {ls,run,eval,sweep,leaderboard,report,prepare,generate}``.
 
 Imports stay inside the commands so that ``ls`` answers without loading torch.
 """
@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   python -m benchmark run --method retrieval --dataset shapes --tier smoke --set eval.num_graphs=16
   python -m benchmark eval runs/retrieval__shapes__quick__s0/checkpoint.safetensors
   python -m benchmark generate runs/retrieval__shapes__quick__s0/checkpoint.safetensors graphs.json --out images/
+  python -m benchmark report --runs runs/
+  python -m benchmark sweep --method retrieval --method sg2im --seeds 0,1,2 --tier quick --executor submitit-local
+  torchrun --nproc_per_node 4 -m benchmark run --method sg2im --dataset coco_stuff --tier full
 """
 
 
@@ -44,12 +47,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="folder for checkpoints and samples (resumes if present)")
     _add_common(p)
 
-    p = sub.add_parser("eval", help="score an existing checkpoint with the protocol it was trained under")
+    p = sub.add_parser("eval", help="score a checkpoint under the current protocol of its dataset and tier")
     p.add_argument("checkpoint", type=Path)
     _add_common(p)
 
-    p = sub.add_parser("leaderboard", help="rebuild results/leaderboard.csv from results/runs/*.json and print it")
+    p = sub.add_parser("leaderboard", help="rebuild results/leaderboard*.csv from results/runs/*.json and print them")
     p.add_argument("--results", type=Path, default=None)
+
+    p = sub.add_parser("report", help="write reports/report.md and report.html (leaderboard, charts, ablations, samples)")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default: results/ of the repo)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/ of the repo)")
+    p.add_argument("--runs", type=Path, action="append", default=[], metavar="DIR",
+                   help="where to look for run folders (samples) besides the recorded checkpoint paths; repeatable")
+    p.add_argument("--graphs", type=int, default=4, help="scene graphs per sample grid")
+
+    p = sub.add_parser("sweep", help="a grid of runs (methods x datasets x seeds x overrides), local or on SLURM")
+    p.add_argument("grid", type=Path, nargs="?", default=None, help="grid file (.json or .toml); flags override it")
+    p.add_argument("--method", dest="methods", action="append", default=None, help="repeatable")
+    p.add_argument("--dataset", dest="datasets", action="append", default=None, help="repeatable")
+    p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
+    p.add_argument("--tier", default=None)
+    p.add_argument("--protocol", default=None)
+    p.add_argument("--override", dest="overrides", action="append", default=None, metavar="K=V[,K=V]",
+                   help="one more override set of the grid (repeatable), e.g. method.learning_rate=2e-4")
+    p.add_argument("--executor", choices=("local", "submitit-local", "slurm"), default="local")
+    p.add_argument("--out", default="runs", help="folder for the runs' checkpoints and samples")
+    p.add_argument("--jobs", type=Path, default=Path("sweeps"), help="submitit folder for job files and logs")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--account", default=None, help="SLURM account")
+    p.add_argument("--qos", default=None, help="SLURM QOS")
+    p.add_argument("--time-min", type=int, default=240, help="wall-time limit per job, minutes")
+    p.add_argument("--nodes", type=int, default=1, help="nodes per run (multi-node data parallel)")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (= processes) per node and run")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--mem-gb", type=float, default=None)
+    p.add_argument("--max-parallel", type=int, default=1, help="jobs at once (submitit-local) / array parallelism")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and which are skipped; run nothing")
+    _add_common(p)
 
     p = sub.add_parser("prepare", help="check / prepare a dataset on disk")
     p.add_argument("dataset")
@@ -78,6 +113,32 @@ def cmd_ls() -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark import sweep as sw
+    from benchmark.config import parse_sets
+
+    grid = sw.load_grid(args.grid) if args.grid else {}
+    overrides = grid.get("overrides", [{}])
+    if args.overrides:
+        overrides = [parse_sets([kv for kv in o.split(",") if kv]) for o in args.overrides]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else grid.get("seeds", [0])
+    specs = sw.expand(
+        args.methods or grid.get("methods", []), args.datasets or grid.get("datasets", ["shapes"]), seeds,
+        args.tier or grid.get("tier", "quick"), grid.get("protocol", "") if args.protocol is None else args.protocol,
+        {**grid.get("sets", {}), **parse_sets(args.sets)}, overrides, args.out, args.results, args.device,
+    )  # fmt: skip
+    if args.dry_run:
+        todo, done = sw.pending(specs)
+        for s in specs:
+            print(f"{'skip' if s in done else 'run '}  {s.label()}  -> {s.out_dir()}")
+        print(f"{len(todo)} to run, {len(done)} skipped (result exists)")
+        return 0
+    opts = sw.ClusterOptions(args.partition, args.account, args.qos, args.time_min, args.nodes, args.gpus_per_node,
+                             args.cpus_per_task, args.mem_gb, args.max_parallel)  # fmt: skip
+    summaries = sw.sweep(specs, args.executor, args.jobs, opts, wait=not args.no_wait)
+    return 1 if any(s["status"] == "failed" for s in summaries) else 0
+
+
 def _print_result(result, path: Path) -> None:
     print(f"\nresult: {path}")
     for ev in result.evaluations:
@@ -95,10 +156,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ls":
             return cmd_ls()
         if args.command == "leaderboard":
-            from benchmark.results import format_leaderboard, rebuild_leaderboard
+            from benchmark import results as res
 
-            print(format_leaderboard(rebuild_leaderboard(args.results, echo=print)))
+            out = res.rebuild_leaderboard(args.results, echo=print)
+            mean_std, reported = out.parent / res.LEADERBOARD_MEAN_STD, res.reported_path(args.results)
+            print(f"\nReproduced by this suite: mean ± std over seeds ({mean_std}; one row per run in {out.name})")
+            print(res.format_mean_std(mean_std))
+            print(f"\nPublished numbers ({reported}): not reproduced, never ranked with the rows above; ? = unverified")
+            print(res.format_reported(res.load_reported(reported)))
             return 0
+        if args.command == "report":
+            from benchmark.report import build_report
+
+            build_report(args.results, args.out, runs_roots=args.runs, max_graphs=args.graphs)
+            return 0
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "prepare":
             ds = registry.get("dataset", args.dataset)
             print(ds.prepare(root=args.root, raw=args.raw))
@@ -110,20 +183,24 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(map(str, paths)))
             return 0
 
+        from benchmark import distributed
         from benchmark.config import build_run_config, parse_sets
         from benchmark.results import format_leaderboard, rebuild_leaderboard
 
         sets = parse_sets(args.sets)
         progress = not args.quiet
-        if args.command == "run":
-            from benchmark.run import run
+        with distributed.session(args.device):  # torchrun: one process per GPU / CPU slot, rank 0 writes
+            if args.command == "run":
+                from benchmark.run import run
 
-            cfg = build_run_config(args.method, args.dataset, args.tier, args.seed, args.device, sets, args.protocol)
-            result, path = run(cfg, args.out, args.results, progress)
-        else:
-            from benchmark.run import eval_checkpoint
+                cfg = build_run_config(args.method, args.dataset, args.tier, args.seed, args.device, sets, args.protocol)
+                result, path = run(cfg, args.out, args.results, progress)
+            else:
+                from benchmark.run import eval_checkpoint
 
-            result, path = eval_checkpoint(args.checkpoint, args.device, sets, args.results, progress)
+                result, path = eval_checkpoint(args.checkpoint, args.device, sets, args.results, progress)
+        if result is None:
+            return 0
         _print_result(result, path)
         print()
         print(format_leaderboard(rebuild_leaderboard(args.results)))

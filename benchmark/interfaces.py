@@ -109,6 +109,16 @@ class Method(nn.Module, abc.ABC):
         """
         ...
 
+    def predict_boxes(self, batch: SceneGraphBatch, generator: list[torch.Generator]) -> Tensor | None:
+        """The boxes ``sample(batch, generator, layout="pred")`` lays out: float [O, 4] ``(x0, y0, x1, y1)``
+        normalised by the image side, one row per object of ``batch`` (its order); None (default) for methods
+        without a layout.
+
+        ``generator`` holds fresh generators seeded as for ``sample``; a method whose layout is random must
+        draw it first in both. Read by the ``box_recall`` metric.
+        """
+        return None
+
     def optimizer_state(self) -> dict[str, Any]:
         """Optimizer states to checkpoint, by name (default: attributes that are torch optimizers)."""
         return {k: v.state_dict() for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
@@ -128,7 +138,8 @@ class EvalInputs:
 
     real: uint8 [N, 3, H, W]; fake: uint8 [N * S, 3, H, W] (S samples per graph);
     fake_to_graph: int64 [N * S] index into ``graphs``; graphs: N items with ground-truth layout;
-    pred_boxes: optional per-fake predicted boxes (list of float [O_i, 4]).
+    pred_boxes: optional per-fake predicted boxes (list of float [O_i, 4], :meth:`Method.predict_boxes`);
+    layout: the evaluation's layout mode, "pred" or "gt".
     """
 
     dataset: str
@@ -143,6 +154,7 @@ class EvalInputs:
     load_split: Callable[[str], SceneGraphDataset]
     protocol: dict[str, Any] = field(default_factory=dict)
     pred_boxes: list[Tensor] | None = None
+    layout: str = "pred"
 
 
 class MetricUnavailable(RuntimeError):

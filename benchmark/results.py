@@ -1,9 +1,11 @@
-"""Typed result records, one JSON file per run, and the leaderboard CSV rebuilt from all of them.
+"""Typed result records, one JSON file per run, and the leaderboard CSVs rebuilt from all of them.
 
 Layout under :func:`benchmark.paths.results_dir`::
 
     runs/{method}__{dataset}__{tier}__s{seed}__{run_id}.json   # one per run, never overwritten
-    leaderboard.csv                                            # derived; rebuilt from runs/ under a lock
+    leaderboard.csv                                            # derived: one row per run and evaluation
+    leaderboard_mean_std.csv                                   # derived: runs grouped over seeds, mean and std
+    reported.csv                                               # committed: published numbers, never ranked
 
 Runs that use randomly initialised weights (``random_init``) are kept in ``runs/`` but never ranked.
 """
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.env import environment as current_environment
 from benchmark.io import atomic_write_json, atomic_write_text, file_lock, read_json
+from benchmark.paths import REPO_ROOT
 from benchmark.paths import results_dir as default_results_dir
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ LAYOUTS = ("pred", "gt")
 TIMINGS = ("train_s", "sample_s", "eval_s", "total_s")
 TIER_ORDER = ("smoke", "quick", "full")
 LEADERBOARD = "leaderboard.csv"
+MAX_HISTORY = 200  # training-history points kept in a result
 BASE_COLUMNS = (
     "method", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version", "seed",
     "num_graphs", "samples_per_graph", "n_real", "n_generated",
@@ -143,6 +147,36 @@ def _fields(d: Mapping[str, Any], required: Sequence[str], optional: Sequence[st
         raise SchemaError(join(unknown[0]), f"unknown field (schema version {SCHEMA_VERSION})")
 
 
+def _history(v: Any, name: str) -> list[dict[str, float]]:
+    """Training-loss history: at most MAX_HISTORY points ``{"step": int, <loss>: number, ...}``, steps increasing."""
+    points = _list(v, name)
+    if len(points) > MAX_HISTORY:
+        raise SchemaError(
+            name, f"at most {MAX_HISTORY} points (downsample with downsample_history), got {len(points)}"
+        )
+    out, last = [], -1
+    for i, p in enumerate(points):
+        p = _mapping(p, f"{name}[{i}]")
+        step = _int(p.get("step"), f"{name}[{i}].step", 0)
+        if step <= last:
+            raise SchemaError(f"{name}[{i}].step", f"steps must increase, got {step} after {last}")
+        last = step
+        out.append({"step": step, **{k: _num(x, f"{name}[{i}].{k}") for k, x in p.items() if k != "step"}})
+    return out
+
+
+def downsample_history(history: Sequence[Mapping[str, float]], max_points: int = 0) -> list[dict[str, float]]:
+    """At most ``max_points`` (default MAX_HISTORY) points, evenly spaced by index, first and last kept."""
+    max_points = max_points or MAX_HISTORY
+    n = len(history)
+    keep = (
+        range(n)
+        if n <= max_points
+        else sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    )
+    return [dict(history[i]) for i in keep]
+
+
 def _parse_created(v: Any, name: str = "created") -> datetime:
     s = _str(v, name)
     try:
@@ -220,6 +254,7 @@ class SplitEvaluation:
     n_generated: int
     metrics: dict[str, MetricValue]
     time_s: float
+    samples: str | None = None  # the generated images, relative to the run folder (optional)
 
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "split", "layout", "num_graphs", "samples_per_graph", "n_real", "n_generated", "metrics", "time_s",
@@ -240,16 +275,22 @@ class SplitEvaluation:
                 raise SchemaError(f"metrics.{name}", f"expected a MetricValue, got {_got(m)}")
         object.__setattr__(self, "metrics", metrics)
         object.__setattr__(self, "time_s", _num(self.time_s, "time_s", 0.0))
+        if self.samples is not None:
+            _str(self.samples, "samples")
+            if self.samples.startswith("/") or ".." in Path(self.samples).parts:
+                raise SchemaError("samples", f"expected a path inside the run folder, got {_got(self.samples)}")
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self._REQUIRED}
         d["metrics"] = {k: m.to_json() for k, m in sorted(self.metrics.items())}
+        if self.samples is not None:
+            d["samples"] = self.samples
         return d
 
     @classmethod
     def from_json(cls, d: Any) -> SplitEvaluation:
         d = _mapping(d, "<evaluation>")
-        _fields(d, cls._REQUIRED, ())
+        _fields(d, cls._REQUIRED, ("samples",))
         metrics = {}
         for name, m in _mapping(d["metrics"], "metrics").items():
             try:
@@ -306,6 +347,7 @@ class RunResult:
     checkpoint: dict[str, str] | None = None
     environment: dict[str, Any] = field(default_factory=current_environment)
     timings: dict[str, float]
+    train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
 
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "schema_version", "run_id", "created", "method", "dataset", "tier", "seed", "image_size", "protocol",
@@ -362,6 +404,8 @@ class RunResult:
         timings = _mapping(self.timings, "timings")
         _fields(timings, TIMINGS, [k for k in timings if k not in TIMINGS], "timings")
         put("timings", {k: _num(v, f"timings.{k}", 0.0) for k, v in timings.items()})
+        if self.train_history is not None:
+            put("train_history", _history(self.train_history, "train_history"))
 
     @property
     def filename(self) -> str:
@@ -371,6 +415,8 @@ class RunResult:
         d: dict[str, Any] = {k: getattr(self, k) for k in self._REQUIRED}
         d["evaluations"] = [ev.to_json() for ev in self.evaluations]
         d["weights"] = [asdict(w) for w in self.weights]
+        if self.train_history is not None:
+            d["train_history"] = self.train_history
         return d
 
     @classmethod
@@ -379,7 +425,7 @@ class RunResult:
         if isinstance(obj, (str, Path)):
             return load_result(obj)
         d = _mapping(obj, "<result>")
-        _fields(d, cls._REQUIRED, ())
+        _fields(d, cls._REQUIRED, ("train_history",))
         _str(d["run_id"], "run_id")  # only construction in code may leave these to default
         _str(d["created"], "created")
         evals = []
@@ -504,7 +550,10 @@ def rebuild_leaderboard(
         writer.writerow(header)
         writer.writerows(rows)
         atomic_write_text(out, buf.getvalue())
+        groups = group_runs(ranked)
+        atomic_write_text(root / LEADERBOARD_MEAN_STD, mean_std_csv(groups))
     msg = f"leaderboard {out}: {len(rows)} row(s) from {len(ranked)} run(s)"
+    msg += f"; {root / LEADERBOARD_MEAN_STD}: {len(groups)} row(s), mean and std over seeds"
     if excluded:
         ids = ", ".join(f"{r.run_id} ({weights_summary([w for w in r.weights if w.random_init]) or 'flagged'})"
                         for r in excluded)  # fmt: skip
@@ -557,3 +606,392 @@ def format_leaderboard(path: str | Path | None = None, columns: Sequence[str] | 
     lines = [line(header), "  ".join("-" * w for w in widths)]
     lines += [line(r) for r in cells] if cells else ["(no ranked results)"]
     return "\n".join(lines)
+
+
+# --- mean and std over seeds --------------------------------------------------------------------------------
+
+LEADERBOARD_MEAN_STD = "leaderboard_mean_std.csv"
+REPORTED = "reported.csv"
+# Config fields that cannot change the numbers of one split and metric; they are left out of the group key.
+GROUP_IGNORED = frozenset(
+    (
+        "seed",
+        "device",
+        "train.num_workers",
+        "train.log_every",
+        "train.checkpoint_every",
+        "eval.splits",
+        "eval.metrics",
+    )
+)
+GROUP_COLUMNS = (
+    "method", "variant", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version",
+    "n_seeds", "seeds", "num_graphs", "samples_per_graph", "n_real", "n_generated", "metric_mode",
+)  # fmt: skip
+GROUP_TAIL = ("sample_s_per_image", "weights", "git_commit", "config_id", "run_ids", "notes")
+
+
+def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"eval": {"layout": "gt"}}`` -> ``{"eval.layout": "gt"}`` (lists become tuples, so values hash)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean and sample standard deviation (``n - 1`` denominator) of the ``n`` available values.
+
+    ``std`` is None for fewer than two values: one seed has no spread, and 0 would claim one.
+    """
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        n = len(values)
+        if n == 0:
+            return cls(None, None, 0)
+        mean = math.fsum(values) / n
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+        return cls(mean, std, n)
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """The runs of one configuration that differ only in the seed, for one split and layout.
+
+    Key: (method, dataset, tier, split, layout, image size, protocol version and sha256, split version, the
+    flattened config without :data:`GROUP_IGNORED`). A seed evaluated more than once counts once (its latest
+    result). ``metrics[name]`` are the :class:`Stats` over seeds; ``higher[name]`` the metric's direction.
+    """
+
+    method: str
+    dataset: str
+    tier: str
+    split: str
+    layout: str
+    image_size: int
+    protocol_version: str
+    split_version: str
+    config: dict[str, Any]
+    runs: tuple[RunResult, ...]
+    evaluations: tuple[SplitEvaluation, ...]
+    metrics: dict[str, Stats]
+    higher: dict[str, bool]
+    unavailable: dict[str, str]
+    variant: str = ""
+    notes: str = ""
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.seed for r in self.runs)
+
+    @property
+    def config_id(self) -> str:
+        """The first 10 hex digits of the SHA-256 of the group's config (seed and device left out)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(sorted(self.config.items()), default=str).encode()).hexdigest()[:10]
+
+    def _same(self, attr: str) -> int | str:
+        vals = sorted({getattr(ev, attr) for ev in self.evaluations})
+        return vals[0] if len(vals) == 1 else "/".join(map(str, vals))
+
+    @property
+    def num_graphs(self) -> int | str:
+        return self._same("num_graphs")
+
+    @property
+    def samples_per_graph(self) -> int | str:
+        return self._same("samples_per_graph")
+
+    @property
+    def n_real(self) -> int | str:
+        return self._same("n_real")
+
+    @property
+    def n_generated(self) -> int | str:
+        return self._same("n_generated")
+
+    @property
+    def sample_s_per_image(self) -> Stats:
+        """Sampling seconds per generated image of each run: ``timings.sample_s`` / images over all its splits."""
+        per = []
+        for r in self.runs:
+            n = sum(ev.n_generated for ev in r.evaluations)
+            if n:
+                per.append(r.timings["sample_s"] / n)
+        return Stats.of(per)
+
+    @property
+    def git_commits(self) -> tuple[str, ...]:
+        return tuple(sorted({str(r.environment.get("git_commit", "unknown"))[:12] for r in self.runs}))
+
+    @property
+    def metric_impl(self) -> str:
+        """Each metric's implementation note from the registry, e.g. ``fid: clean-fid, clean mode, ...``."""
+        modes = metric_modes()
+        return "; ".join(
+            f"{m}: {modes[k]}" for m in sorted(self.metrics) if (k := metric_entry(m, modes)) and modes[k]
+        )
+
+    @property
+    def metric_mode(self) -> str:
+        """How the numbers were measured: N real vs N generated, resolution, and each metric's implementation."""
+        n, spg, px = self.n_generated, self.samples_per_graph, self.image_size
+        return "; ".join(
+            filter(None, [f"{self.n_real} real vs {n} generated ({spg}/graph), {px} px", self.metric_impl])
+        )
+
+
+def metric_modes() -> dict[str, str]:
+    """Registered metric -> its implementation note: the first top-level parenthesis of its registry summary
+    (e.g. ``clean-fid, clean mode, TF Inception pool3``), else the summary's first clause."""
+    from benchmark import registry
+
+    out = {}
+    for name, entry in registry.entries()["metric"].items():
+        text, depth, start, note = entry.summary, 0, -1, ""
+        for i, ch in enumerate(text):
+            if ch == "(":
+                depth += 1
+                start = i if depth == 1 else start
+            elif ch == ")" and depth:
+                depth -= 1
+                if depth == 0:
+                    note = text[start + 1 : i]
+                    break
+        out[name] = note or text.split(";")[0].rstrip(".")
+    return out
+
+
+def metric_entry(key: str, modes: Mapping[str, str]) -> str | None:
+    """The registered metric that produced output ``key``: the same name, else the longest name that prefixes it
+    up to a separator (``box_recall`` for ``box_recall_0.5`` or ``box_recall@0.5``)."""
+    if key in modes:
+        return key
+    hits = [n for n in modes if key.startswith(n) and not key[len(n)].isalnum()]
+    return max(hits, key=len) if hits else None
+
+
+def _fmt_value(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
+    """Group evaluations over seeds (see :class:`SeedGroup`); random-init runs are never grouped (never ranked)."""
+    buckets: dict[tuple[Any, ...], dict[int, list[tuple[RunResult, SplitEvaluation]]]] = {}
+    for r in runs:
+        if r.random_init:
+            continue
+        cfg = {k: v for k, v in flatten_config(r.config).items() if k not in GROUP_IGNORED}
+        for ev in r.evaluations:
+            key = (
+                r.method, r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],
+                r.protocol["sha256"], r.splits[ev.split]["version"], tuple(sorted(cfg.items(), key=lambda kv: kv[0])),
+            )  # fmt: skip
+            buckets.setdefault(key, {}).setdefault(r.seed, []).append((r, ev))
+    groups = []
+    for key, by_seed in buckets.items():
+        chosen, notes = [], []
+        for seed in sorted(by_seed):
+            tries = sorted(by_seed[seed], key=lambda x: (_parse_created(x[0].created), x[0].run_id))
+            chosen.append(tries[-1])
+            if len(tries) > 1:
+                notes.append(f"seed {seed}: {len(tries)} results, latest {tries[-1][0].run_id} used")
+        names = sorted({n for _, ev in chosen for n in ev.metrics})
+        metrics, higher, unavailable = {}, {}, {}
+        for n in names:
+            vals = [ev.metrics[n] for _, ev in chosen if n in ev.metrics]
+            higher[n] = vals[0].higher_is_better
+            metrics[n] = Stats.of([m.value for m in vals if m.value is not None])
+            reasons = sorted({m.unavailable for m in vals if m.value is None and m.unavailable})
+            if reasons:
+                unavailable[n] = "; ".join(reasons)
+            if 0 < metrics[n].n < len(chosen):
+                notes.append(f"{n}: {metrics[n].n} of {len(chosen)} seeds")
+        method, dataset, tier, split, layout, size, pv, _, sv, cfg = key
+        groups.append(SeedGroup(
+            method, dataset, tier, split, layout, size, pv, sv, dict(cfg), tuple(r for r, _ in chosen),
+            tuple(ev for _, ev in chosen), metrics, higher, unavailable, notes="; ".join(notes),
+        ))  # fmt: skip
+    groups = _with_variants(groups)
+    return sorted(groups, key=_group_sort_key)
+
+
+def _with_variants(groups: list[SeedGroup]) -> list[SeedGroup]:
+    """Label groups that share method, dataset, tier, split, layout and size by the config fields that differ."""
+    from dataclasses import replace
+
+    same: dict[tuple[Any, ...], list[int]] = {}
+    for i, g in enumerate(groups):
+        same.setdefault(
+            (g.method, g.dataset, g.tier, g.split, g.layout, g.image_size, g.protocol_version), []
+        ).append(i)
+    out = list(groups)
+    for idx in same.values():
+        if len(idx) < 2:
+            continue
+        keys = sorted({k for i in idx for k in groups[i].config})
+        differ = [k for k in keys if len({json.dumps(groups[i].config.get(k), default=str) for i in idx}) > 1]
+        for i in idx:
+            label = ", ".join(
+                f"{k.replace('method_cfg.', 'method.', 1)}={_fmt_value(groups[i].config.get(k))}"
+                for k in differ
+            )
+            out[i] = replace(groups[i], variant=label)
+    return out
+
+
+def _group_sort_key(g: SeedGroup) -> tuple[Any, ...]:
+    tier = TIER_ORDER.index(g.tier) if g.tier in TIER_ORDER else len(TIER_ORDER)
+    return (g.dataset, g.split, tier, g.tier, g.method, g.layout, g.image_size, g.variant)
+
+
+def metric_columns(groups: Sequence[SeedGroup]) -> list[tuple[str, bool]]:
+    """(metric, higher_is_better) over all groups, sorted by name: the metric list comes from the results."""
+    return sorted({(n, g.higher[n]) for g in groups for n in g.metrics})
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def mean_std_csv(groups: Sequence[SeedGroup]) -> str:
+    """The seed-grouped leaderboard as CSV text: per metric ``<name> mean (higher|lower)`` and ``<name> std``."""
+    cols = metric_columns(groups)
+    header = [*GROUP_COLUMNS]
+    for n, hib in cols:
+        header += [f"{n} mean ({'higher' if hib else 'lower'})", f"{n} std"]
+    header += GROUP_TAIL
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for g in groups:
+        vals = []
+        for n, hib in cols:
+            s = g.metrics.get(n) if g.higher.get(n) == hib else None
+            vals += [_cell(s.mean), _cell(s.std)] if s is not None else ["", ""]
+        t = g.sample_s_per_image
+        w.writerow([
+            g.method, g.variant, g.dataset, g.tier, g.split, g.layout, g.image_size, g.protocol_version,
+            g.split_version, len(g.runs), " ".join(map(str, g.seeds)), g.num_graphs, g.samples_per_graph, g.n_real,
+            g.n_generated, g.metric_mode, *vals, _cell(t.mean), weights_summary(_unique_weights(g.runs)),
+            " ".join(g.git_commits), g.config_id, " ".join(r.run_id for r in g.runs), g.notes,
+        ])  # fmt: skip
+    return buf.getvalue()
+
+
+def _unique_weights(runs: Sequence[RunResult]) -> list[WeightProvenance]:
+    out: list[WeightProvenance] = []
+    for r in runs:
+        out += [w for w in r.weights if w not in out]
+    return out
+
+
+def fmt_mean_std(mean: float | None, std: float | None, digits: int = 4) -> str:
+    """``12.35 ± 0.2146`` (4 significant digits); ``12.35 ± -`` for one seed; ``-`` when unavailable."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}g} ± {'-' if std is None else f'{std:.{digits}g}'}"
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(header)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if rt else c.ljust(w) for c, w, rt in zip(row, widths, right)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def format_mean_std(path: str | Path | None = None) -> str:
+    """``leaderboard_mean_std.csv`` as an aligned text table: one ``mean ± std`` cell per metric."""
+    path = Path(path) if path is not None else default_results_dir() / LEADERBOARD_MEAN_STD
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+        fields = list(rows[0].keys()) if rows else []
+    mean_cols = [re.fullmatch(r"(.+) mean \((higher|lower)\)", c) for c in fields]
+    metrics = [(m.group(1), m.group(2)) for m in mean_cols if m]
+    base = ["method", "variant", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "seeds",
+            "n_real", "n_generated"]  # fmt: skip
+    if rows and not any(r["variant"] for r in rows):
+        base.remove("variant")
+    body = []
+    for r in rows:
+        cells = [r[c] for c in base]
+        for name, direction in metrics:
+            mean, std = r[f"{name} mean ({direction})"], r[f"{name} std"]
+            cells.append(fmt_mean_std(float(mean) if mean else None, float(std) if std else None))
+        body.append(cells)
+    if not body:
+        return "(no ranked results)"
+    header = [*base, *(f"{n} ({d})" for n, d in metrics)]
+    right = [c in ("image_size", "n_real", "n_generated") for c in base] + [True] * len(metrics)
+    return _aligned(header, body, right)
+
+
+# --- published numbers (reported, never ranked with the reproduced rows) ------------------------------------
+
+REPORTED_COLUMNS = (
+    "method", "dataset", "resolution", "layout", "protocol", "n_real", "n_generated", "metric", "value", "std",
+    "direction", "metric_mode", "source", "provenance", "unverified", "notes",
+)  # fmt: skip
+
+
+def reported_path(results_dir: str | Path | None = None) -> Path:
+    """``reported.csv`` of the results folder, else the one committed in the checkout's ``results/``."""
+    p = Path(results_dir or default_results_dir()) / REPORTED
+    return p if p.is_file() else REPO_ROOT / "results" / REPORTED
+
+
+def load_reported(path: str | Path | None = None) -> list[dict[str, str]]:
+    """Rows of ``reported.csv``, checked: every column present, ``value`` (and ``std``) numbers, ``direction``
+    higher/lower, ``unverified`` yes/no. A bad cell stops with the file, the row number and the field."""
+    path = Path(path) if path is not None else reported_path()
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REPORTED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"published-numbers file {path}: field {missing[0]!r}: missing column")
+        rows = list(reader)
+
+    def bad(i: int, col: str, reason: str) -> ValueError:
+        return ValueError(f"published-numbers file {path}: row {i}, field {col!r}: {reason}")
+
+    for i, row in enumerate(rows, start=2):
+        for col in ("value", "std", "n_real", "n_generated"):
+            cell = row[col].strip()
+            if (col == "value" or cell) and not (_is_number(cell) and math.isfinite(float(cell))):
+                raise bad(i, col, f"expected a number, got {cell!r}")
+        if row["direction"] not in ("higher", "lower"):
+            raise bad(i, "direction", f"expected higher or lower, got {row['direction']!r}")
+        if row["unverified"] not in ("yes", "no"):
+            raise bad(i, "unverified", f"expected yes or no, got {row['unverified']!r}")
+        for col in ("method", "dataset", "metric", "source", "provenance"):
+            if not row[col].strip():
+                raise bad(i, col, "must not be empty")
+    return rows
+
+
+def format_reported(rows: Sequence[Mapping[str, str]]) -> str:
+    """Published numbers as an aligned text table (unverified ones flagged with ``?``)."""
+    if not rows:
+        return "(no reported numbers)"
+    header = ["dataset", "resolution", "layout", "method", "metric", "value", "protocol", "source"]
+    body = []
+    for r in rows:
+        value = (
+            r["value"] + (f" ± {r['std']}" if r["std"] else "") + (" ?" if r["unverified"] == "yes" else "")
+        )
+        body.append([r["dataset"], r["resolution"], r["layout"], r["method"], r["metric"], value,
+                     r["protocol"][:40], f"{r['source']} {r['provenance']}"[:60]])  # fmt: skip
+    return _aligned(header, body, [False, True, False, False, False, True, False, False])

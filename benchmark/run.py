@@ -7,15 +7,23 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.checkpoint import config_from_dict
-from benchmark.config import EvalConfig, RunConfig, TrainConfig, apply_overrides
+from benchmark import distributed
+from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_state
+from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
 from benchmark.evaluate import evaluate
 from benchmark.interfaces import Method
 from benchmark.io import sha256_file
 from benchmark.protocol import load_protocol
-from benchmark.results import RunResult, rebuild_leaderboard, write_result
+from benchmark.results import RunResult, downsample_history, rebuild_leaderboard, write_result
 from benchmark.train import load_method, resolve_device, train
+
+
+def checkpoint_history(checkpoint: str | Path) -> list[dict[str, float]]:
+    """The training-loss history a checkpoint keeps in ``extra_state["history"]`` (metadata only, no tensors)."""
+    skel = read_metadata(checkpoint).get("extra_state", {})
+    pairs = skel.get("__dict__", []) if isinstance(skel, dict) else []
+    return next((list(unflatten_state(v, {})) for k, v in pairs if k == "history"), [])
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
@@ -32,10 +40,13 @@ def _record(
     results_dir: Path | None,
     progress: bool,
     t_start: float,
+    history: list[dict[str, float]] | None = None,
 ) -> tuple[RunResult, Path]:
     device = resolve_device(cfg.device)
     proto = load_protocol(cfg.dataset, cfg.protocol)
     evaluations, metric_weights, splits, sample_s, eval_s = evaluate(method, cfg, device, run_dir, progress)
+    if not distributed.is_main():
+        return None, None  # type: ignore[return-value]  # under torchrun only rank 0 scores and writes
     weights = list(method.weight_provenance()) + metric_weights
     now = datetime.now(timezone.utc)
     result = RunResult(
@@ -54,8 +65,9 @@ def _record(
         weights=weights,
         random_init=any(w.random_init for w in weights),
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        environment=environment(),
+        environment={**environment(), "world_size": distributed.world_size()},
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
+        train_history=downsample_history(history) if history else None,
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)
@@ -69,7 +81,9 @@ def run(
     t0 = time.perf_counter()
     run_dir = run_dir_for(cfg, out)
     outcome = train(cfg, run_dir, progress)
-    return _record(cfg, outcome.method, outcome.checkpoint, outcome.train_s, run_dir, results_dir, progress, t0)
+    return _record(
+        cfg, outcome.method, outcome.checkpoint, outcome.train_s, run_dir, results_dir, progress, t0, outcome.history
+    )
 
 
 def eval_checkpoint(
@@ -79,7 +93,13 @@ def eval_checkpoint(
     results_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[RunResult, Path]:
-    """Score an existing checkpoint with its own run configuration (``eval.*`` / ``device`` may be overridden)."""
+    """Score an existing checkpoint under the current protocol file of its dataset, at the checkpoint's tier.
+
+    The model (``method_cfg``, ``train``, ``image_size``, seed) comes from the checkpoint; the evaluation settings
+    (splits, metrics, graphs, samples per graph) from the protocol as it is now, so the result carries the
+    protocol version it was really scored under; ``eval.*``, sampling-time ``method.*`` fields and ``device``
+    may be overridden. Evaluation overrides given at training time are not inherited.
+    """
     t0 = time.perf_counter()
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
@@ -88,13 +108,19 @@ def eval_checkpoint(
     method, meta = load_method(checkpoint, dev, method_sets)
     rc = dict(meta["run_config"])
     rc["method_cfg"] = method.cfg
-    rc["eval"] = config_from_dict(EvalConfig, rc["eval"])
+    if any(not k.startswith(("eval.", "device")) for k in sets):
+        raise ValueError(f"eval: only eval.*, method.* and device may be overridden, got {sorted(sets)}")
+    proto_cfg = build_run_config(
+        rc["method"], rc["dataset"], rc["tier"], int(rc["seed"]), device, protocol=rc.get("protocol", "")
+    )
+    rc["eval"] = proto_cfg.eval
     rc["train"] = config_from_dict(TrainConfig, rc["train"])
     cfg = RunConfig(**rc)
     cfg = apply_overrides(cfg, {"device": device, **sets})
-    if any(not k.startswith(("eval.", "device")) for k in sets):
-        raise ValueError(f"eval: only eval.*, method.* and device may be overridden, got {sorted(sets)}")
-    return _record(cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0)
+    history = checkpoint_history(checkpoint)
+    return _record(
+        cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history
+    )
 
 
 def generate(
@@ -111,7 +137,7 @@ def generate(
 
     from benchmark.batch import collate
     from benchmark.evaluate import generate_images
-    from benchmark.scene_graph import load_graphs
+    from benchmark.scene_graph import file_stems, load_graphs
 
     dev = resolve_device(device)
     method, _ = load_method(checkpoint, dev)
@@ -120,13 +146,15 @@ def generate(
         raise ValueError(f"{graphs_json}: --layout gt needs 'boxes' for every object of every graph")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    batch = collate(items)
+    stems = file_stems([it.image_id for it in items])  # image ids may hold '/' etc.; file names may not
     paths = []
     for s in range(samples):
-        imgs = generate_images(method, batch, seed, "generate", list(range(len(items))), s, layout, dev)
-        for it, img in zip(items, imgs):
-            p = out_dir / f"{it.image_id}_s{s}.png"
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(p)
-            paths.append(p)
+        for start in range(0, len(items), 64):  # batches of 64 graphs: a long file never makes one huge batch
+            idx = list(range(start, min(len(items), start + 64)))
+            imgs = generate_images(method, collate([items[i] for i in idx]), seed, "generate", idx, s, layout, dev)
+            for i, img in zip(idx, imgs):
+                p = out_dir / f"{stems[i]}_s{s}.png"
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(p)
+                paths.append(p)
     return paths
 

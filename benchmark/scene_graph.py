@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from benchmark.batch import SceneGraphItem
 IMAGE_TOKEN = "__image__"
 IN_IMAGE = "__in_image__"
 MAX_OBJECTS = 64  # bigger graphs are refused: no dataset in the suite has more than 31 objects per image
+MAX_RELATIONSHIPS = MAX_OBJECTS * (MAX_OBJECTS - 1)  # one per ordered pair of objects
+MAX_IMAGE_ID = 256
 
 
 class SceneGraphError(ValueError):
@@ -69,14 +72,19 @@ class Vocab:
         return cls.from_json(read_json(path, "vocabulary file"), source=str(path))
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _lookup(name: Any, table: dict[str, int], what: str, where: str) -> int:
     if not isinstance(name, str):
-        raise SceneGraphError(f"{where}: {what} must be a string, got {type(name).__name__} {name!r}")
+        raise SceneGraphError(f"{where}: {what} must be a string, got {type(name).__name__} {_short(name)}")
     if name not in table or name.startswith("__"):
         valid = sorted(n for n in table if not n.startswith("__"))
-        close = difflib.get_close_matches(name, valid, n=3)
+        close = difflib.get_close_matches(name, valid, n=3) if len(name) <= 100 else []
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise SceneGraphError(f"{where}: unknown {what} {name!r}.{hint} Valid {what}s: {', '.join(valid)}")
+        raise SceneGraphError(f"{where}: unknown {what} {_short(name)}.{hint} Valid {what}s: {', '.join(valid)}")
     return table[name]
 
 
@@ -95,6 +103,18 @@ def graph_from_json(graph: Any, vocab: Vocab, where: str = "scene graph") -> Sce
     rels = graph.get("relationships", [])
     if not isinstance(rels, list):
         raise SceneGraphError(f"{where}: field 'relationships' must be a list of [subject, predicate, object]")
+    if len(rels) > MAX_RELATIONSHIPS:
+        raise SceneGraphError(
+            f"{where}: field 'relationships' has {len(rels)} entries; at most {MAX_RELATIONSHIPS} are supported"
+        )
+    image_id = graph.get("image_id", "")
+    if isinstance(image_id, int) and not isinstance(image_id, bool):
+        image_id = str(image_id)
+    if not isinstance(image_id, str) or len(image_id) > MAX_IMAGE_ID:
+        raise SceneGraphError(
+            f"{where}: field 'image_id' must be a string or integer of at most {MAX_IMAGE_ID} characters, "
+            f"got {_short(image_id)}"
+        )
     o_table, p_table = vocab.object_name_to_idx, vocab.pred_name_to_idx
     objs = [_lookup(o, o_table, "object", f"{where}: objects[{i}]") for i, o in enumerate(objects)]
     n = len(objs)
@@ -102,11 +122,11 @@ def graph_from_json(graph: Any, vocab: Vocab, where: str = "scene graph") -> Sce
     for k, r in enumerate(rels):
         w = f"{where}: relationships[{k}]"
         if not isinstance(r, (list, tuple)) or len(r) != 3:
-            raise SceneGraphError(f"{w}: expected [subject_index, predicate, object_index], got {r!r}")
+            raise SceneGraphError(f"{w}: expected [subject_index, predicate, object_index], got {_short(r)}")
         s, p, o = r
         for role, v in (("subject", s), ("object", o)):
             if isinstance(v, bool) or not isinstance(v, int):
-                raise SceneGraphError(f"{w}: {role} must be an integer object index, got {v!r}")
+                raise SceneGraphError(f"{w}: {role} must be an integer object index, got {_short(v)}")
             if not 0 <= v < n:
                 raise SceneGraphError(f"{w}: {role} index {v} out of range for {n} objects")
         triples.append([s, _lookup(p, p_table, "predicate", w), o])
@@ -117,7 +137,7 @@ def graph_from_json(graph: Any, vocab: Vocab, where: str = "scene graph") -> Sce
         for i, b in enumerate(boxes):
             ok = isinstance(b, list) and len(b) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
             if not ok or not (0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1):
-                raise SceneGraphError(f"{where}: boxes[{i}] must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {b!r}")
+                raise SceneGraphError(f"{where}: boxes[{i}] must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, got {_short(b)}")
     # Append the __image__ node and the __in_image__ triples (sg2im encode_scene_graphs).
     img_idx, in_img = o_table[IMAGE_TOKEN], p_table[IN_IMAGE]
     triples += [[i, in_img, n] for i in range(n)]
@@ -129,7 +149,7 @@ def graph_from_json(graph: Any, vocab: Vocab, where: str = "scene graph") -> Sce
         boxes=box_t,
         triples=torch.tensor(triples, dtype=torch.long).reshape(-1, 3),
         has_layout=has_layout,
-        image_id=str(graph.get("image_id", "")),
+        image_id=image_id,
     )
 
 
@@ -140,8 +160,12 @@ def load_graphs(path: str | Path, vocab: Vocab) -> list[SceneGraphItem]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SceneGraphError(f"scene-graph file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer of > 4300 digits
         raise SceneGraphError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise SceneGraphError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise SceneGraphError(f"cannot read scene-graph file {path}: {e.strerror or e}") from None
     graphs = data if isinstance(data, list) else [data]
     if not graphs:
         raise SceneGraphError(f"{path}: the file holds an empty list of scene graphs")
@@ -151,6 +175,18 @@ def load_graphs(path: str | Path, vocab: Vocab) -> list[SceneGraphItem]:
         item.image_id = item.image_id or f"{path.stem}_{i}"
         items.append(item)
     return items
+
+
+def file_stems(image_ids: list[str]) -> list[str]:
+    """Distinct, safe file-name stems for image ids (no path separators or leading dots; '_' elsewhere)."""
+    out, seen = [], set()
+    for i, image_id in enumerate(image_ids):
+        stem = re.sub(r"[^\w.\-]", "_", image_id).lstrip(".")[:128] or f"graph_{i}"
+        if stem in seen:
+            stem = f"{stem}_{i}"
+        seen.add(stem)
+        out.append(stem)
+    return out
 
 
 def graph_to_json(item: SceneGraphItem, vocab: Vocab) -> dict[str, Any]:

@@ -8,6 +8,7 @@ batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from benchmark import registry
+from benchmark import distributed, registry
 from benchmark.batch import collate
 from benchmark.checkpoint import (
     CheckpointError,
@@ -44,11 +45,11 @@ class TrainingDiverged(RuntimeError):
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+    return distributed.local_device(dev)  # under torchrun, "cuda" is this process's GPU (LOCAL_RANK)
 
 
 def build_dataset(name: str, split: str, image_size: int) -> SceneGraphDataset:
@@ -86,7 +87,8 @@ class StepSampler(Sampler[list[int]]):
         for step in range(self.start, self.stop):
             epoch, k = divmod(step, per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch)))
-            yield perm[k * self.bs : (k + 1) * self.bs].tolist()
+            # Under torchrun each rank takes its equal slice of the same global batch.
+            yield distributed.batch_slice(perm[k * self.bs : (k + 1) * self.bs].tolist())
 
 
 @dataclass
@@ -120,13 +122,24 @@ def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float) -> dict[
 
 
 def _comparable(run_config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a run config that must match for a resume (evaluation settings may differ)."""
-    return {k: v for k, v in run_config.items() if k not in ("eval", "device")}
+    """The parts of a run config that must match for a resume (evaluation settings may differ), as JSON
+    (tuples and lists compare equal, as they come back from the checkpoint's metadata)."""
+    return json.loads(json.dumps({k: v for k, v in run_config.items() if k not in ("eval", "device")}))
 
 
 def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
-    """Train ``cfg.method`` on ``cfg.dataset``; resume from ``run_dir/checkpoint.safetensors`` if present."""
+    """Train ``cfg.method`` on ``cfg.dataset``; resume from ``run_dir/checkpoint.safetensors`` if present.
+
+    Under torchrun the global batch is split over the ranks and gradients are averaged
+    (:mod:`benchmark.distributed`); only rank 0 writes checkpoints.
+    """
     device = resolve_device(cfg.device)
+    world = distributed.world_size()
+    if world > 1 and cfg.train.batch_size % world:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch; it must be a multiple of the "
+            f"number of processes ({world})"
+        )
     seed_everything(cfg.seed)
     proto = load_protocol(cfg.dataset, cfg.protocol)
     train_set = build_dataset(cfg.dataset, proto["train_split"], cfg.image_size)
@@ -137,29 +150,65 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / CHECKPOINT_NAME
     start, history, prior_s = 0, [], 0.0
-    if ckpt.exists():
+    seen = distributed.all_gather(ckpt.exists())
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"{ckpt} exists for ranks {[r for r, x in enumerate(seen) if x]} only: under torchrun the --out folder "
+            "must be on a filesystem that every node sees"
+        )
+    if seen[0]:
         meta = read_metadata(ckpt)
+        if meta.get("method") != cfg.method:
+            raise CheckpointError(
+                f"{ckpt}: field 'method' is {meta.get('method')!r} but this run trains {cfg.method!r}; "
+                "use another --out folder"
+            )
         if _comparable(meta.get("run_config", {})) != _comparable(cfg.to_dict()):
             raise CheckpointError(
                 f"{ckpt}: field 'run_config' differs from this run's configuration; "
                 "use another --out folder or delete the checkpoint to start afresh"
             )
         meta, state, extra = load_checkpoint(ckpt, device)
-        method.load_state_dict(state)
-        method.load_optimizer_state(extra.get("optimizers", {}))
-        if "torch_rng" in extra:
+        _restore(method, ckpt, state, extra)
+        rngs = extra.get("torch_rng_ranks") if world > 1 else None
+        if isinstance(rngs, list) and len(rngs) == world:  # each rank resumes its own stream
+            torch.set_rng_state(rngs[distributed.rank()].cpu())
+        elif world > 1:
+            seed_everything(derive_seed(distributed.rank_seed(cfg.seed), "resume", meta["step"]))
+        elif "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"].cpu())
-        if device.type == "cuda" and "cuda_rng" in extra:
+        cuda_rngs = extra.get("cuda_rng_ranks") if world > 1 else None
+        if device.type == "cuda" and isinstance(cuda_rngs, list) and len(cuda_rngs) == world:
+            torch.cuda.set_rng_state(cuda_rngs[distributed.rank()].cpu())
+        elif device.type == "cuda" and world == 1 and "cuda_rng" in extra:
             torch.cuda.set_rng_state(extra["cuda_rng"].cpu())
         start, history, prior_s = int(meta["step"]), list(extra.get("history", [])), float(meta.get("train_s", 0.0))
     else:
         method.setup(train_set)
+        if world > 1:
+            seed_everything(distributed.rank_seed(cfg.seed))  # per-rank noise in train_step
+    averager = distributed.GradientAverager(method) if world > 1 else None
+    distributed.broadcast_module(method)
 
     def save(step: int, elapsed: float) -> None:
+        bad = [k for k, v in method.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite weights after step {step} ({', '.join(bad[:5])}); the last good checkpoint {ckpt} is kept"
+            )
+        rng = distributed.gather_to_main(torch.get_rng_state())
+        cuda_rng = distributed.gather_to_main(torch.cuda.get_rng_state()) if device.type == "cuda" else None
+        if not distributed.is_main():
+            return
         extra = {"optimizers": method.optimizer_state(), "torch_rng": torch.get_rng_state(), "history": history}
         if device.type == "cuda":
             extra["cuda_rng"] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt, method.state_dict(), _meta(cfg, info, step, elapsed), extra)
+        if world > 1:
+            extra["torch_rng_ranks"] = rng
+            if cuda_rng is not None:
+                extra["cuda_rng_ranks"] = cuda_rng
+        meta = {**_meta(cfg, info, step, elapsed), "world_size": world}
+        save_checkpoint(ckpt, method.state_dict(), meta, extra)
 
     steps = cfg.train.steps if method_cls.trainable else 0
     t0 = time.perf_counter()
@@ -170,14 +219,21 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
             collate_fn=collate,
             num_workers=cfg.train.num_workers,
             pin_memory=device.type == "cuda",
+            # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
+            # would see a shifted stream of training noise.
+            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "loader", distributed.rank())),
         )
         use_amp = cfg.train.amp and device.type == "cuda"
         method.train()
-        bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method}/{cfg.dataset}", disable=not progress)
+        bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method}/{cfg.dataset}",
+                   disable=not progress or not distributed.is_main())  # fmt: skip
         for step, batch in enumerate(loader, start=start):
             batch = batch.to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 losses = method.train_step(batch, step)
+            if world > 1:
+                losses = distributed.mean_losses(losses)  # the same values (and stop decision) on every rank
+                distributed.sync_buffers(method)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad:
                 raise TrainingDiverged(
@@ -192,10 +248,30 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
                 save(done, prior_s + time.perf_counter() - t0)
         bar.close()
     train_s = prior_s + time.perf_counter() - t0
-    if start < steps or not ckpt.exists():
+    if distributed.all_gather(start < steps or not ckpt.exists())[0]:  # rank 0's view decides for all
         save(steps, train_s)
+    if averager is not None:
+        averager.close()
+    distributed.barrier()
     method.eval()
     return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start)
+
+
+def _restore(method: Method, ckpt: Path, state: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Load weights and optimizer states for a resume; a mismatch names the checkpoint and the field."""
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt}: field 'model' does not fit method {type(method).__name__}: {str(e)[:300]}") from None
+    opts = extra.get("optimizers", {})
+    expected = set(method.optimizer_state())
+    if not isinstance(opts, dict) or set(opts) != expected:
+        got = sorted(opts) if isinstance(opts, dict) else type(opts).__name__
+        raise CheckpointError(f"{ckpt}: field 'optimizers' holds {got}, the method has {sorted(expected)}")
+    try:
+        method.load_optimizer_state(opts)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt}: field 'optimizers' does not fit the method's optimizers ({e})") from None
 
 
 def load_method(
@@ -209,7 +285,10 @@ def load_method(
     name = meta.get("method")
     if not isinstance(name, str):
         raise CheckpointError(f"{path}: metadata field 'method' is missing")
-    method_cls = registry.get("method", name)
+    try:
+        method_cls = registry.get("method", name)
+    except registry.UnknownNameError as e:
+        raise CheckpointError(f"{path}: metadata field 'method': {e}") from None
     try:
         mcfg = apply_overrides(config_from_dict(method_cls.Config, meta["method_cfg"]), overrides or {})
         info = DatasetInfo(
@@ -225,7 +304,11 @@ def load_method(
         )
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata field {e} is missing or malformed") from None
-    method = method_cls(mcfg, info).to(device)
+    try:
+        method = method_cls(mcfg, info).to(device)
+    except (ValueError, TypeError) as e:
+        extra = f" with overrides {overrides}" if overrides else ""
+        raise CheckpointError(f"{path}: metadata field 'method_cfg'{extra} does not build method {name!r}: {e}") from None
     try:
         method.load_state_dict(state)
     except RuntimeError as e:

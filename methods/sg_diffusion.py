@@ -452,6 +452,20 @@ class SGDiffusion(Method):
         return combine_guidance(c_out, u_out, s)
 
     @torch.no_grad()
+    def predict_boxes(self, batch: SceneGraphBatch, generator: list[torch.Generator]) -> Tensor | None:
+        """The boxes ``sample(layout="pred")`` renders: the EMA box head, made valid by ``_usable_boxes``."""
+        if not self.cfg.use_layout:
+            return None
+        cond = self.ema.cond
+        was_training = cond.training
+        cond.eval()
+        try:
+            box_pred, _ = cond.predict_layout(cond.graph_vectors(batch)[0])
+            return cond._usable_boxes(box_pred, batch.objs)
+        finally:
+            cond.train(was_training)
+
+    @torch.no_grad()
     def sample(
         self, batch: SceneGraphBatch, generator: list[torch.Generator], layout: str = "pred"
     ) -> Tensor:

@@ -5,4 +5,13 @@
 * :mod:`benchmark.metrics.fid` -- FID and KID on those features (clean-fid's ``frechet_distance`` and
   ``kernel_distance``), with cached real-image features.
 * :mod:`benchmark.metrics.object_acc` -- object accuracy of a small CNN trained on real object crops.
+* :mod:`benchmark.metrics.object_acc_resnet` -- Grid2Im's object accuracy (ImageNet ResNet-101 fine-tuned on
+  real crops).
+* :mod:`benchmark.metrics.inception_score` -- Inception Score, 10 splits (torch-fidelity, TF Inception logits).
+* :mod:`benchmark.metrics.lpips_diversity` -- LPIPS (AlexNet) between samples of the same graph.
+* :mod:`benchmark.metrics.sg_consistency` -- relation satisfaction and object recall located in the image
+  without the method's layout (exact on ``shapes``).
+* :mod:`benchmark.metrics.box_recall` -- recall of predicted boxes at IoU 0.3 / 0.5.
+* :mod:`benchmark.metrics.clip_score` -- CLIPScore between images and their graph's phrase.
+* :mod:`benchmark.metrics.pretrained` -- where the ImageNet weights of these metrics are found (never downloaded).
 """

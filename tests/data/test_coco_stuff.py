@@ -125,9 +125,18 @@ def test_phrases(fixture_root: Path) -> None:
 
 def test_protocol_files() -> None:
     proto = load_protocol("coco_stuff")
-    assert proto["eval_splits"] == ["test"] and proto["metrics"] == ["fid", "kid", "object_acc_small"]
+    assert proto["eval_splits"] == ["test"] and proto["metrics"] == [
+        "fid",
+        "kid",
+        "object_acc_small",
+        "inception_score",
+        "lpips_diversity",
+        "object_acc_resnet",
+        "box_recall",
+        "clip_score",
+    ]
     assert (
-        proto["version"] == "1.0" and proto["split_version"] == cs.SPLIT_VERSION and proto["mask_size"] == 16
+        proto["version"] == "1.1" and proto["split_version"] == cs.SPLIT_VERSION and proto["mask_size"] == 16
     )
     full = proto["tiers"]["full"]
     assert (

@@ -94,8 +94,21 @@ def test_vocabulary_sizes_and_natural_phrases(root: Path) -> None:
 
 def test_protocol() -> None:
     proto = load_protocol("4dor")
-    assert proto["version"] == "1.0" and proto["eval_splits"] == ["test"] and proto["mask_size"] == 16
-    assert proto["metrics"] == ["fid", "kid", "object_acc_small"] and proto["camera"] == DEFAULT_CAMERA
+    assert proto["version"] == "1.1" and proto["eval_splits"] == ["test"] and proto["mask_size"] == 16
+    assert (
+        proto["metrics"]
+        == [
+            "fid",
+            "kid",
+            "object_acc_small",
+            "inception_score",
+            "lpips_diversity",
+            "object_acc_resnet",
+            "box_recall",
+            "clip_score",
+        ]
+        and proto["camera"] == DEFAULT_CAMERA
+    )
     full = tier_settings(proto, "full")
     assert full["image_size"] == 64 and full["eval"]["samples_per_graph"] == 1
     assert full["eval"]["num_graphs"] == EXPECTED_SIZES["test"]

