@@ -186,9 +186,13 @@ class _Builder:
                 caption="Metric modes",
             )
         )
-        unavailable = sorted(
-            {f"{n} ({g.method}, {g.split}): {g.unavailable[n]}" for g in groups for n in g.unavailable}
-        )
+        by_reason: dict[tuple[str, str], set[str]] = {}
+        for g in groups:
+            for n, why in g.unavailable.items():
+                by_reason.setdefault((n, why), set()).add(f"{g.method}/{g.split}")
+        unavailable = [
+            f"{n} ({len(rows)} row(s): {', '.join(sorted(rows))}): {why}" for (n, why), rows in sorted(by_reason.items())
+        ]
         if unavailable:
             self.add(
                 Para("Unavailable metrics (never computed with substitute weights):", "small"),
