@@ -191,8 +191,12 @@ def relation_from_geometry(box_s: Any, box_o: Any, mask_s: Any, mask_o: Any) -> 
         return "surrounding"
     if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
         return "inside"
-    (csx, csy), (cox, coy) = mask_centroid(box_s, mask_s), mask_centroid(box_o, mask_o)
-    theta = math.atan2(csy - coy, csx - cox)
+    return direction_from_centres(mask_centroid(box_s, mask_s), mask_centroid(box_o, mask_o))
+
+
+def direction_from_centres(c_s: Sequence[float], c_o: Sequence[float]) -> str:
+    """sg2im's angular rule for subject centre ``c_s`` and object centre ``c_o`` (image coordinates, y down)."""
+    theta = math.atan2(c_s[1] - c_o[1], c_s[0] - c_o[0])
     if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
         return "left of"
     if -3 * math.pi / 4 <= theta < -math.pi / 4:

@@ -250,14 +250,7 @@ def relation(box_s: np.ndarray, box_o: np.ndarray, c_s: np.ndarray, c_o: np.ndar
         return "surrounding"
     if o_has_s and area_o > area_s:
         return "inside"
-    theta = math.atan2(c_s[1] - c_o[1], c_s[0] - c_o[0])
-    if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
-        return "left of"
-    if -3 * math.pi / 4 <= theta < -math.pi / 4:
-        return "above"
-    if -math.pi / 4 <= theta < math.pi / 4:
-        return "right of"
-    return "below"
+    return _shapes_module().direction_from_centres(c_s, c_o)
 
 
 @dataclass(frozen=True)
