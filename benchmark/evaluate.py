@@ -54,11 +54,15 @@ def generate_images(
     return to_uint8(out)
 
 
-def _sample_key(method: Method, ds: SceneGraphDataset, cfg: RunConfig, device: torch.device, n: int) -> str:
-    """What a chunk of samples depends on: the weights, the sampling settings and the batch boundaries."""
+def _sample_key(
+    method: Method, ds: SceneGraphDataset, cfg: RunConfig, device: torch.device, n: int, weights: str | None = None
+) -> str:
+    """What a chunk of samples depends on: the weights (``weights``: their :func:`tensor_digest`, computed when
+    not given), the sampling settings and the batch boundaries."""
     mcfg = dataclasses.asdict(method.cfg) if dataclasses.is_dataclass(method.cfg) else repr(method.cfg)
+    weights = weights or tensor_digest(method.state_dict())
     return sha256_json({
-        "method": cfg.method, "method_cfg": mcfg, "weights": tensor_digest(method.state_dict()), "seed": cfg.seed,
+        "method": cfg.method, "method_cfg": mcfg, "weights": weights, "seed": cfg.seed,
         "split": ds.split, "split_sha256": ds.split_sha256, "image_size": cfg.image_size, "layout": cfg.eval.layout,
         "num_graphs": n, "batch_size": cfg.eval.batch_size, "samples_per_graph": cfg.eval.samples_per_graph,
         "device": device.type,
@@ -86,6 +90,7 @@ def sample_split(
     device: torch.device,
     progress: bool = True,
     cache: Path | None = None,
+    key: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Return (real uint8 [N,3,H,W], fake uint8 [N*S,3,H,W], fake_to_graph [N*S], graphs).
 
@@ -94,13 +99,15 @@ def sample_split(
     gathers them, so the images are those of one process (see :mod:`benchmark.distributed`). The other ranks
     get None. With ``cache`` (a folder under the run), each finished batch is written atomically as
     ``<cache>/<key>/chunk_<k>.npz``, ``key`` hashing the weights and sampling settings; a restarted evaluation
-    reads the finished chunks instead of generating them again.
+    reads the finished chunks instead of generating them again (``key`` may be passed when already known).
     """
     n = min(cfg.eval.num_graphs, len(ds))
     items = [ds[i] for i in range(n)]
     bs = cfg.eval.batch_size
     chunks = [(s, list(range(start, min(n, start + bs)))) for s in range(cfg.eval.samples_per_graph) for start in range(0, n, bs)]
-    folder = cache / _sample_key(method, ds, cfg, device, n)[:16] if cache is not None else None
+    if cache is not None:
+        key = key or _sample_key(method, ds, cfg, device, n)
+    folder = cache / key[:16] if cache is not None else None
     shape = (3, cfg.image_size, cfg.image_size)
     mine = distributed.shard(len(chunks))
     done: list[tuple[int, torch.Tensor]] = []
@@ -205,23 +212,25 @@ def evaluate(
     load = load_split or (lambda split: build_dataset(cfg.dataset, split, cfg.image_size))
     evaluations, weights, splits = [], [], {}
     sample_s = eval_s = 0.0
+    digest = tensor_digest(method.state_dict()) if run_dir is not None else None
     for split in cfg.eval.splits:
         ds = load(split)
         splits[split] = {"version": ds.split_version, "sha256": ds.split_sha256}
         t0 = time.perf_counter()
         cache = run_dir / "samples" / split if run_dir is not None else None
-        sampled = sample_split(method, ds, cfg, device, progress, cache)
+        # Hash the weights once per evaluation: the key names both the resumable chunks and the samples file.
+        key = _sample_key(method, ds, cfg, device, min(cfg.eval.num_graphs, len(ds)), digest) if cache else None
+        sampled = sample_split(method, ds, cfg, device, progress, cache, key)
         if sampled is None:
             continue  # under torchrun, rank 0 scores; the other ranks only generate their shards
         real, fake, owners, items = sampled
         pred_boxes = predict_boxes_split(method, items, owners, cfg, ds.split, device)
         t1 = time.perf_counter()
         samples_rel = None
-        if run_dir is not None:
+        if key is not None:
             # One file per (weights, sampling settings): evaluating a checkpoint again with another layout,
             # sampler or guidance scale never overwrites the images behind an earlier result.
-            key = _sample_key(method, ds, cfg, device, len(items))[:12]
-            samples_rel = f"samples/{split}__{key}.npz"
+            samples_rel = f"samples/{split}__{key[:12]}.npz"
             save_samples(run_dir / samples_rel, fake, owners, [it.image_id for it in items])
         inputs = EvalInputs(
             dataset=cfg.dataset,

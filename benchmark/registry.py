@@ -44,6 +44,8 @@ class Entry:
     name: str
     module: str
     summary: str
+    outputs: tuple[str, ...] = ()  # a metric's literal ``outputs = {"name": ...}`` keys, when written as a dict
+
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
@@ -75,7 +77,17 @@ def _module_files(package: str) -> list[tuple[str, Path]]:
     return out
 
 
-def _decorator_names(tree: ast.Module) -> list[tuple[str, str, str]]:
+def _literal_outputs(node: ast.ClassDef | ast.FunctionDef) -> tuple[str, ...]:
+    """Keys of a class-level ``outputs = {"a": ..., "b": ...}`` dict literal (computed ones are not read)."""
+    for stmt in node.body if isinstance(node, ast.ClassDef) else ():
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else getattr(stmt, "target", None)
+        value = getattr(stmt, "value", None)
+        if getattr(target, "id", None) == "outputs" and isinstance(value, ast.Dict):
+            return tuple(k.value for k in value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    return ()
+
+
+def _decorator_names(tree: ast.Module) -> list[tuple[str, str, str, tuple[str, ...]]]:
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
@@ -88,7 +100,7 @@ def _decorator_names(tree: ast.Module) -> list[tuple[str, str, str]]:
                 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in dec.args)
             ):
                 doc = (ast.get_docstring(node) or "").strip().splitlines()
-                found.append((dec.args[0].value, dec.args[1].value, doc[0] if doc else ""))
+                found.append((dec.args[0].value, dec.args[1].value, doc[0] if doc else "", _literal_outputs(node)))
     return found
 
 
@@ -99,9 +111,9 @@ def entries() -> dict[str, dict[str, Entry]]:
     for package in SEARCH_PACKAGES:
         for module, path in _module_files(package):
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            for kind, name, summary in _decorator_names(tree):
+            for kind, name, summary, outputs in _decorator_names(tree):
                 if kind in table:
-                    table[kind][name] = Entry(kind, name, module, summary)
+                    table[kind][name] = Entry(kind, name, module, summary, outputs)
     return table
 
 

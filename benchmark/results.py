@@ -780,15 +780,9 @@ def metric_entry(key: str, modes: Mapping[str, str]) -> str | None:
     hits = [n for n in modes if key.startswith(n) and not key[len(n)].isalnum()]
     if hits:
         return max(hits, key=len)
-    from benchmark import registry  # outputs named apart from their metric (``is``): ask the classes
+    from benchmark import registry  # outputs named apart from their metric (``is``): the parsed ``outputs``
 
-    for name in modes:
-        try:
-            if key in registry.get("metric", name).outputs:
-                return name
-        except Exception:  # a metric whose module cannot be imported here names nothing
-            continue
-    return None
+    return next((n for n, e in registry.entries()["metric"].items() if n in modes and key in e.outputs), None)
 
 
 def _fmt_value(v: Any) -> str:

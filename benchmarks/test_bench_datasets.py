@@ -24,8 +24,8 @@ def or4d_root(tmp_path_factory):
     return root
 
 
-def _or4d_timed(fn):
-    """Run ``fn``, keep its last duration (benchmarks may be disabled, so not from ``benchmark.stats``)."""
+def _timed(fn):
+    """Run ``fn``, keep its value and last duration (benchmarks may be disabled: not from ``benchmark.stats``)."""
     import time
 
     out = {}
@@ -48,7 +48,7 @@ def test_or4d_build_cold_start(benchmark, or4d_root, tmp_path, monkeypatch):
     def setup():
         monkeypatch.setenv("SG2I_CACHE", str(tmp_path / f"cache{next(counter)}"))
 
-    run, out = _or4d_timed(lambda: Or4dDataset.build("train", 64, root=or4d_root))
+    run, out = _timed(lambda: Or4dDataset.build("train", 64, root=or4d_root))
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
     n = len(out["value"])
     benchmark.extra_info.update(samples=n, seconds=out["seconds"], samples_per_s=n / out["seconds"])
@@ -60,7 +60,7 @@ def test_or4d_build_warm_start(benchmark, or4d_root, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SG2I_CACHE", str(tmp_path / "cache"))
     Or4dDataset.build("train", 64, root=or4d_root)
-    run, out = _or4d_timed(lambda: Or4dDataset.build("train", 64, root=or4d_root))
+    run, out = _timed(lambda: Or4dDataset.build("train", 64, root=or4d_root))
     benchmark.pedantic(run, rounds=5, iterations=1)
     benchmark.extra_info.update(samples=len(out["value"]), seconds=out["seconds"])
 
@@ -75,7 +75,7 @@ def test_or4d_loading_throughput(benchmark, or4d_root, tmp_path, monkeypatch):
     monkeypatch.setenv("SG2I_CACHE", str(tmp_path / "cache"))
     ds = Or4dDataset.build("train", 64, root=or4d_root)
     loader = DataLoader(ds, batch_size=32, shuffle=False, num_workers=0, collate_fn=collate)
-    run, out = _or4d_timed(lambda: sum(b.num_images for b in loader))
+    run, out = _timed(lambda: sum(b.num_images for b in loader))
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=out["value"], samples_per_s=out["value"] / out["seconds"])
 
@@ -91,7 +91,7 @@ def test_or4d_decode_full_resolution(benchmark, tmp_path, monkeypatch):
     def setup():
         monkeypatch.setenv("SG2I_CACHE", str(tmp_path / f"cache{next(counter)}"))
 
-    run, out = _or4d_timed(lambda: Or4dDataset.build("train", 64, root=root))
+    run, out = _timed(lambda: Or4dDataset.build("train", 64, root=root))
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
     n = len(out["value"])
     benchmark.extra_info.update(samples=n, ms_per_sample=1000 * out["seconds"] / n)
@@ -115,21 +115,6 @@ def vg_root(tmp_path_factory):
     return root
 
 
-def _vg_timed(fn):
-    """Run ``fn``, keep its value and duration (benchmarks may be disabled: not from ``benchmark.stats``)."""
-    import time
-
-    out = {}
-
-    def run():
-        t0 = time.perf_counter()
-        out["value"] = fn()
-        out["seconds"] = time.perf_counter() - t0
-        return out["value"]
-
-    return run, out
-
-
 def test_vg_preprocess_scaled(benchmark, vg_root, tmp_path):
     """sg2im's preprocessing of the scaled raw fixture (JSON parsing, vocabularies, encoding, HDF5)."""
     from benchmark.data import vg_preprocess as pp
@@ -137,7 +122,7 @@ def test_vg_preprocess_scaled(benchmark, vg_root, tmp_path):
 
     cfg = pp.PreprocessConfig.from_dict(read_json(vg_root / "preprocess_options.json"))
     counter = iter(range(100))
-    run, out = _vg_timed(
+    run, out = _timed(
         lambda: pp.preprocess(vg_root, tmp_path / f"out{next(counter)}", cfg, vg_root / "images")
     )
     benchmark.pedantic(run, rounds=2, iterations=1)
@@ -149,7 +134,7 @@ def test_vg_build_startup(benchmark, vg_root):
     """build("train", 64): read and validate the HDF5 file, vocabulary and manifest (3,000 graphs)."""
     from benchmark.data.vg import VgDataset
 
-    run, out = _vg_timed(lambda: VgDataset.build("train", 64, root=vg_root))
+    run, out = _timed(lambda: VgDataset.build("train", 64, root=vg_root))
     benchmark.pedantic(run, rounds=5, iterations=1)
     benchmark.extra_info.update(samples=len(out["value"]), seconds=out["seconds"])
 
@@ -159,7 +144,7 @@ def test_vg_loading_throughput(benchmark, vg_root):
     from benchmark.data.vg import VgDataset
 
     ds = VgDataset.build("train", 64, root=vg_root)
-    run, out = _vg_timed(lambda: [ds[i] for i in range(_VG_ITEMS)])
+    run, out = _timed(lambda: [ds[i] for i in range(_VG_ITEMS)])
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=_VG_ITEMS, samples_per_s=_VG_ITEMS / out["seconds"])
 
@@ -173,7 +158,7 @@ def test_vg_loading_throughput_one_worker(benchmark, vg_root):
 
     ds = VgDataset.build("train", 64, root=vg_root)
     loader = DataLoader(ds, batch_size=32, sampler=range(_VG_ITEMS), num_workers=1, collate_fn=collate)
-    run, out = _vg_timed(lambda: sum(b.num_images for b in loader))
+    run, out = _timed(lambda: sum(b.num_images for b in loader))
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=out["value"], samples_per_s=out["value"] / out["seconds"])
 
@@ -191,7 +176,7 @@ def test_vg_loading_throughput_800px(benchmark, tmp_path):
             im.resize((800, 600), Image.Resampling.BICUBIC).save(path, quality=90)
     ds = VgDataset.build("train", 64, root=root)
     n = min(_VG_ITEMS, len(ds))
-    run, out = _vg_timed(lambda: [ds[i] for i in range(n)])
+    run, out = _timed(lambda: [ds[i] for i in range(n)])
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=n, samples_per_s=n / out["seconds"])
 
@@ -216,21 +201,6 @@ def coco_root(tmp_path_factory):
     return root
 
 
-def _coco_timed(fn):
-    """Run ``fn``, keep its value and duration (benchmarks may be disabled: not from ``benchmark.stats``)."""
-    import time
-
-    out = {}
-
-    def run():
-        t0 = time.perf_counter()
-        out["value"] = fn()
-        out["seconds"] = time.perf_counter() - t0
-        return out["value"]
-
-    return run, out
-
-
 def test_coco_build_cold_start(benchmark, coco_root):
     """build("train", 64) on an unprepared root: parse the JSON, filter, decode and resize every mask, write the
     index and the 64 px image cache (every kept JPEG decoded once)."""
@@ -238,7 +208,7 @@ def test_coco_build_cold_start(benchmark, coco_root):
 
     from benchmark.data.coco_stuff import CocoStuffDataset, prepared_dir
 
-    run, out = _coco_timed(lambda: CocoStuffDataset.build("train", 64, root=coco_root))
+    run, out = _timed(lambda: CocoStuffDataset.build("train", 64, root=coco_root))
     benchmark.pedantic(run, setup=lambda: shutil.rmtree(prepared_dir(coco_root), ignore_errors=True), rounds=2,
                        iterations=1)
     n = len(out["value"])
@@ -250,7 +220,7 @@ def test_coco_build_warm_start(benchmark, coco_root):
     from benchmark.data.coco_stuff import CocoStuffDataset
 
     CocoStuffDataset.build("train", 64, root=coco_root)
-    run, out = _coco_timed(lambda: CocoStuffDataset.build("train", 64, root=coco_root))
+    run, out = _timed(lambda: CocoStuffDataset.build("train", 64, root=coco_root))
     benchmark.pedantic(run, rounds=5, iterations=1)
     benchmark.extra_info.update(samples=len(out["value"]), seconds=out["seconds"])
 
@@ -264,7 +234,7 @@ def test_coco_loading_throughput(benchmark, coco_root, cached):
     ds = CocoStuffDataset.build("train", 64, root=coco_root)
     if not cached:
         ds._cache_file = None  # decode every JPEG
-    run, out = _coco_timed(lambda: [ds[i] for i in range(_COCO_ITEMS)])
+    run, out = _timed(lambda: [ds[i] for i in range(_COCO_ITEMS)])
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=_COCO_ITEMS, samples_per_s=_COCO_ITEMS / out["seconds"])
 
@@ -278,7 +248,7 @@ def test_coco_loading_throughput_one_worker(benchmark, coco_root):
 
     ds = CocoStuffDataset.build("train", 64, root=coco_root)
     loader = DataLoader(ds, batch_size=32, sampler=range(_COCO_ITEMS), num_workers=1, collate_fn=collate)
-    run, out = _coco_timed(lambda: sum(b.num_images for b in loader))
+    run, out = _timed(lambda: sum(b.num_images for b in loader))
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(samples=out["value"], samples_per_s=out["value"] / out["seconds"])
 
@@ -344,6 +314,6 @@ def test_coco_sg2im_getitem_baseline(benchmark, coco_root, anti_aliasing):
         return img, boxes, masks, triples
 
     order = [int(i) for i in ds.image_ids[:128]]
-    run, out = _coco_timed(lambda: [item(i) for i in order])
+    run, out = _timed(lambda: [item(i) for i in order])
     benchmark.pedantic(run, rounds=2, iterations=1)
     benchmark.extra_info.update(samples=len(order), samples_per_s=len(order) / out["seconds"])

@@ -468,6 +468,23 @@ def _load(path: Path, meta_path: Path) -> Classifier | None:
     return Classifier(model, heads, path, sha, meta)
 
 
+def memoised_build(path: Path, memo: dict[str, Any], load: Callable[[], Any], build: Callable[[], Any]) -> Any:
+    """A cached model at ``path``: the in-process ``memo``, then ``load()`` from disk (None if absent or stale),
+    then ``build()`` (trains and writes it) under a file lock, so concurrent evaluations train once."""
+    key = str(path)
+    with _LOCK:
+        if key in memo and memo[key].path.is_file():
+            return memo[key]
+        obj = load()
+        if obj is None:
+            with file_lock(path.with_name(path.name + ".lock")):
+                obj = load()
+                if obj is None:
+                    obj = build()
+        memo[key] = obj
+        return obj
+
+
 def get_classifier(
     dataset: str,
     image_size: int,
@@ -484,44 +501,37 @@ def get_classifier(
     train = train if train is not None else load_split("train")
     train_sha = str(train.split_sha256)
     path = classifier_path(dataset, image_size, train_sha)
-    key = str(path)
-    with _LOCK:
-        if key in _CLASSIFIERS and _CLASSIFIERS[key].path.is_file():
-            return _CLASSIFIERS[key]
-        meta_path = path.with_suffix(".json")
-        clf = _load(path, meta_path)
-        if clf is None:
-            with file_lock(path.with_name(path.name + ".lock")):
-                clf = _load(path, meta_path)
-                if clf is None:
-                    heads = heads_for(train)
-                    model, stats = train_classifier(train, heads)
-                    val_acc = _split_accuracy(model, heads, load_split, "val")
-                    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-                    atomic_write_bytes(
-                        path, save(state, metadata={"version": CLASSIFIER_VERSION, "dataset": dataset})
-                    )
-                    sha = sha256_file(path)
-                    meta = {
-                        "version": CLASSIFIER_VERSION,
-                        "dataset": dataset,
-                        "image_size": image_size,
-                        "crop_size": CROP_SIZE,
-                        "seed": SEED,
-                        "train_split_sha256": train_sha,
-                        "train_images": len(train),
-                        "heads": heads.to_json(),
-                        "params": sum(p.numel() for p in model.parameters()),
-                        "val_acc": val_acc,
-                        **stats,
-                        "torch": torch.__version__,
-                        "sha256": sha,
-                        "weights": path.name,
-                    }
-                    atomic_write_json(meta_path, meta)
-                    clf = Classifier(model, heads, path, sha, meta)
-        _CLASSIFIERS[key] = clf
-        return clf
+    meta_path = path.with_suffix(".json")
+
+    def build() -> Classifier:
+        heads = heads_for(train)
+        model, stats = train_classifier(train, heads)
+        val_acc = _split_accuracy(model, heads, load_split, "val")
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(
+            path, save(state, metadata={"version": CLASSIFIER_VERSION, "dataset": dataset})
+        )
+        sha = sha256_file(path)
+        meta = {
+            "version": CLASSIFIER_VERSION,
+            "dataset": dataset,
+            "image_size": image_size,
+            "crop_size": CROP_SIZE,
+            "seed": SEED,
+            "train_split_sha256": train_sha,
+            "train_images": len(train),
+            "heads": heads.to_json(),
+            "params": sum(p.numel() for p in model.parameters()),
+            "val_acc": val_acc,
+            **stats,
+            "torch": torch.__version__,
+            "sha256": sha,
+            "weights": path.name,
+        }
+        atomic_write_json(meta_path, meta)
+        return Classifier(model, heads, path, sha, meta)
+
+    return memoised_build(path, _CLASSIFIERS, lambda: _load(path, meta_path), build)
 
 
 def _split_accuracy(

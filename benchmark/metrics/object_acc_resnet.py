@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -48,7 +47,7 @@ from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, SceneGraphDataset, WeightProvenance
-from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file, sha256_json
+from benchmark.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file, sha256_json
 from benchmark.metrics.object_acc import (
     COLOUR_PROBE_THRESHOLD,
     CROP_SIZE,
@@ -56,6 +55,7 @@ from benchmark.metrics.object_acc import (
     _item_rows,
     colour_probe,
     heads_for,
+    memoised_build,
     object_crops,
     recolour,
     to_uint8,
@@ -78,7 +78,6 @@ WEIGHTS = WeightsSpec(
     origin="torchvision ResNet101_Weights.IMAGENET1K_V1",
 )
 
-_LOCK = threading.Lock()
 _CLASSIFIERS: dict[str, ResNetClassifier] = {}
 
 
@@ -367,43 +366,37 @@ def get_classifier(
     init = WEIGHTS.provenance("imagenet_resnet101", init_path)
     train_ds = load_split("train")
     path = classifier_path(dataset, image_size, str(train_ds.split_sha256), recipe, init.sha256 or "")
-    with _LOCK:
-        if str(path) in _CLASSIFIERS:
-            return _CLASSIFIERS[str(path)]
-        clf = _load(path, init)
-        if clf is None:
-            with file_lock(path.with_name(path.name + ".lock")):
-                clf = _load(path, init)
-                if clf is None:
-                    heads = heads_for(train_ds)
-                    rows = split_rows(train_ds, heads, recipe.max_train_images)
-                    _check_budget(rows, recipe, torch.device(device))
-                    train, val, which = _val_rows(load_split, rows, heads, recipe)
-                    model = imagenet_model(init_path, heads, recipe.seed)
-                    stats = fine_tune(
-                        model, train, val, recipe, torch.device(device), f"object classifier ({dataset})"
-                    )
-                    model = model.cpu()
-                    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-                    atomic_write_bytes(path, save(state, metadata={"version": VERSION, "dataset": dataset}))
-                    sha = sha256_file(path)
-                    meta = {
-                        "version": VERSION,
-                        "dataset": dataset,
-                        "image_size": image_size,
-                        "recipe": dataclasses.asdict(recipe),
-                        "validation": which,
-                        "train_split_sha256": train_ds.split_sha256,
-                        "init": dataclasses.asdict(init),
-                        "heads": heads.to_json(),
-                        **stats,
-                        "torch": torch.__version__,
-                        "sha256": sha,
-                    }
-                    atomic_write_json(path.with_suffix(".json"), meta)
-                    clf = ResNetClassifier(model.eval(), heads, path, sha, meta, init)
-        _CLASSIFIERS[str(path)] = clf
-        return clf
+
+    def build() -> ResNetClassifier:
+        heads = heads_for(train_ds)
+        rows = split_rows(train_ds, heads, recipe.max_train_images)
+        _check_budget(rows, recipe, torch.device(device))
+        train, val, which = _val_rows(load_split, rows, heads, recipe)
+        model = imagenet_model(init_path, heads, recipe.seed)
+        stats = fine_tune(
+            model, train, val, recipe, torch.device(device), f"object classifier ({dataset})"
+        )
+        model = model.cpu()
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(path, save(state, metadata={"version": VERSION, "dataset": dataset}))
+        sha = sha256_file(path)
+        meta = {
+            "version": VERSION,
+            "dataset": dataset,
+            "image_size": image_size,
+            "recipe": dataclasses.asdict(recipe),
+            "validation": which,
+            "train_split_sha256": train_ds.split_sha256,
+            "init": dataclasses.asdict(init),
+            "heads": heads.to_json(),
+            **stats,
+            "torch": torch.__version__,
+            "sha256": sha,
+        }
+        atomic_write_json(path.with_suffix(".json"), meta)
+        return ResNetClassifier(model.eval(), heads, path, sha, meta, init)
+
+    return memoised_build(path, _CLASSIFIERS, lambda: _load(path, init), build)
 
 
 def generated_accuracy(

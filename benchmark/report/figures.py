@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from benchmark.report.ablations import Series  # noqa: E402
@@ -112,19 +113,33 @@ def metrics_of(series: Sequence[Series]) -> list[str]:
     )
 
 
+def _panel_grid(n: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n`` panels, at most 3 per row (unused cells hidden); the axes in reading order."""
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, grid = plt.subplots(nrows, cols, figsize=(width * cols, height * nrows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _finish(fig: Figure, title: str) -> Figure:
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def category_plot(series: Sequence[Series], title: str) -> Figure | None:
     """Grouped bars: one group per series (and split/layout context), one bar per axis value; a panel per metric."""
     metrics = metrics_of(series)
     if not metrics:
         return None
     values = sorted({str(v) for s in series for v, _ in s.points})
-    cols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / cols)
     width = max(3.4, 0.45 * len(series) * len(values) + 1.6)
-    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = _panel_grid(len(metrics), width, 3.4)
     bw = 0.8 / len(values)
-    for k, metric in enumerate(metrics):
-        ax = axes[k // cols][k % cols]
+    for ax, metric in zip(axes, metrics):
         hib = next(g.higher[metric] for s in series for _, g in s.points if metric in g.higher)
         for j, val in enumerate(values):
             xs, sts = [], []
@@ -154,11 +169,7 @@ def category_plot(series: Sequence[Series], title: str) -> Figure | None:
         ax.set_ylabel(f"{metric}\n({direction(hib)})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, title=series[0].axis.name, title_fontsize=7)
-    for k in range(len(metrics), nrows * cols):
-        axes[k // cols][k % cols].set_visible(False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def numeric_plot(series: Sequence[Series], title: str, xlabel: str, with_time: bool = False) -> Figure | None:
@@ -167,11 +178,8 @@ def numeric_plot(series: Sequence[Series], title: str, xlabel: str, with_time: b
     panels = metrics + (["sample_s_per_image"] if with_time else [])
     if not panels:
         return None
-    cols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
-    for k, panel in enumerate(panels):
-        ax = axes[k // cols][k % cols]
+    fig, axes = _panel_grid(len(panels), 4.6, 3.3)
+    for ax, panel in zip(axes, panels):
         c = 0
         for s in series:
             for name, pts in s.lines().items():
@@ -199,11 +207,7 @@ def numeric_plot(series: Sequence[Series], title: str, xlabel: str, with_time: b
         ax.set_xlabel(xlabel, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for k in range(len(panels), nrows * cols):
-        axes[k // cols][k % cols].set_visible(False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def training_curves(
@@ -213,12 +217,9 @@ def training_curves(
     methods = [m for m, runs in runs_by_method.items() if any(r.train_history for r in runs)]
     if not methods:
         return None
-    cols = min(3, len(methods))
-    nrows = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.0 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = _panel_grid(len(methods), 5.0, 3.4)
     styles = ["-", "--", ":", "-."]
-    for k, method in enumerate(methods):
-        ax = axes[k // cols][k % cols]
+    for ax, method in zip(axes, methods):
         runs = [r for r in runs_by_method[method] if r.train_history]
         keys = sorted({key for r in runs for p in r.train_history for key in p if key != "step"})
         keys = sorted(keys, key=lambda n: (n not in ("loss", "total_loss"), n))[:max_keys]
@@ -243,8 +244,4 @@ def training_curves(
         ax.set_ylabel("training loss", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for k in range(len(methods), nrows * cols):
-        axes[k // cols][k % cols].set_visible(False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
