@@ -49,27 +49,21 @@ all takes and surgical phases; split manifests list the ids sorted.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import time
 import warnings
-import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
-from tqdm import tqdm
+from PIL import Image, UnidentifiedImageError
 
-from benchmark.batch import SceneGraphItem
-from benchmark.interfaces import SceneGraphDataset
-from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file, sha256_json
+from benchmark.data.packing import PACKED_KEYS, PackedDataset, cached, check_packed, pack, progress, read_npz
+from benchmark.data.packing import split_sha256 as split_sha256
+from benchmark.io import atomic_write_json, read_json, sha256_file, sha256_json
 from benchmark.paths import cache_dir, data_root
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, SceneGraphError, Vocab, _lookup
@@ -164,11 +158,6 @@ PANOPTIC_LABELS = {
     "head surgeon": 10,
     "secondary table": 28,
 }
-# Colours of MM-OR TRACK_TO_METAINFO (used to draw fixture images only).
-_LABEL_COLOURS = {
-    1: (255, 51, 153), 2: (0, 0, 255), 3: (255, 255, 0), 5: (255, 0, 0), 7: (177, 255, 110),
-    8: (255, 128, 0), 9: (116, 166, 116), 10: (76, 161, 245), 26: (255, 255, 255), 28: (153, 0, 153),
-}  # fmt: skip
 LAYOUT_NONE, LAYOUT_EXPORT, LAYOUT_INTERPOLATED = 0, 1, 2  # per-sample source of the layout
 
 ACCESS = (
@@ -376,8 +365,8 @@ class Resolved:
 
     @property
     def ids_sha256(self) -> str:
-        """The split manifest hash: sha256 of the sorted sample ids as JSON."""
-        return sha256_json(sorted(s.id for s in self.samples))
+        """The split manifest hash (:func:`benchmark.data.packing.split_sha256` of the sample ids)."""
+        return split_sha256([s.id for s in self.samples])
 
 
 def _color_index(frames: Any, scan: Scan, camera: int, path: Path) -> str:
@@ -536,7 +525,7 @@ def layout_from_label_map(
 # ---------------------------------------------------------------------------------------------------------
 # The cache
 
-_KEYS = ("objs", "boxes", "masks", "has_layout", "triples", "obj_ptr", "triple_ptr", "source", "ids", "meta")
+_KEYS = (*PACKED_KEYS, "has_layout", "source", "ids", "images")
 
 
 def cache_path(root: Path, split: str, camera: int, image_size: int) -> Path:
@@ -545,17 +534,14 @@ def cache_path(root: Path, split: str, camera: int, image_size: int) -> Path:
     return cache_dir() / DATASET / f"v{LOADER_VERSION}" / tag / f"{split}_camera{camera}_{image_size}px.npz"
 
 
-def _progress(items: Sequence[Sample], desc: str) -> Iterable[Sample]:
-    return tqdm(items, desc=desc, unit="img", disable=len(items) <= 300, leave=False)
-
-
-def _decode(res: Resolved, sizes: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
-    """Decode every image and label map of a split once; arrays per size (annotations shared)."""
+def _decode(res: Resolved, sizes: Sequence[int]) -> dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Decode every image and label map of a split once; (arrays, cache metadata) per size."""
     img_idx, in_img = VOCAB.object_name_to_idx[IMAGE_TOKEN], VOCAB.pred_name_to_idx[IN_IMAGE]
     images = {s: np.empty((len(res.samples), 3, s, s), dtype=np.uint8) for s in sizes}
-    objs, boxes, masks, has, triples, n_obj, n_tri = [], [], [], [], [], [0], [0]
+    objs, boxes, masks, has, triples = [], [], [], [], []
+    image_box, image_mask = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32), np.ones((1, MASK_SIZE, MASK_SIZE))
     desc = f"4dor: decoding {res.split} camera {res.camera} ({'/'.join(map(str, sizes))} px)"
-    for k, smp in enumerate(_progress(res.samples, desc)):
+    for k, smp in enumerate(progress(res.samples, desc)):
         pix, (w, h) = load_image(smp.image, sizes)
         for s in sizes:
             images[s][k] = pix[s]
@@ -570,27 +556,19 @@ def _decode(res: Resolved, sizes: Sequence[int]) -> dict[int, dict[str, np.ndarr
                 )
             b, m, hl = layout_from_label_map(label_map, smp.scan.objs)
         else:
-            b = np.tile(np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32), (n, 1))
+            b = np.tile(image_box, (n, 1))
             m, hl = np.zeros((n, MASK_SIZE, MASK_SIZE), dtype=np.uint8), np.zeros(n, dtype=bool)
-        objs += [*smp.scan.objs, img_idx]
-        boxes += [b, np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)]
-        masks += [m, np.ones((1, MASK_SIZE, MASK_SIZE), dtype=np.uint8)]
-        has += [hl, np.ones(1, dtype=bool)]
-        triples += [*smp.scan.triples, *((i, in_img, n) for i in range(n))]
-        n_obj.append(n_obj[-1] + n + 1)
-        n_tri.append(n_tri[-1] + len(smp.scan.triples) + n)
+        objs.append([*smp.scan.objs, img_idx])
+        boxes.append(np.concatenate([b, image_box]))
+        masks.append(np.concatenate([m, image_mask]))
+        has.append([*hl, True])
+        triples.append([*smp.scan.triples, *((i, in_img, n) for i in range(n))])
     shared = {
-        "objs": np.asarray(objs, dtype=np.int64),
-        "boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.float32),
-        "masks": np.concatenate(masks) if masks else np.zeros((0, MASK_SIZE, MASK_SIZE), dtype=np.uint8),
-        "has_layout": np.concatenate(has) if has else np.zeros(0, dtype=bool),
-        "triples": np.asarray(triples, dtype=np.int64).reshape(-1, 3),
-        "obj_ptr": np.asarray(n_obj, dtype=np.int64),
-        "triple_ptr": np.asarray(n_tri, dtype=np.int64),
+        **pack(objs, boxes, masks, triples, MASK_SIZE, has_layout=has),
         "source": np.asarray([smp.source for smp in res.samples], dtype=np.int64),
         "ids": np.asarray([smp.id for smp in res.samples], dtype=np.str_),
     }
-    return {s: {**shared, "images": images[s]} for s in sizes}
+    return {s: ({**shared, "images": images[s]}, _meta(res, s)) for s in sizes}
 
 
 def _meta(res: Resolved, image_size: int) -> dict[str, Any]:
@@ -603,35 +581,15 @@ def _meta(res: Resolved, image_size: int) -> dict[str, Any]:
     }
 
 
-def _pack(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-    return buf.getvalue()
-
-
 def _read_cache(path: Path, res: Resolved, image_size: int) -> dict[str, np.ndarray]:
     """Load and validate a cache file; raises ValueError (with the reason) if it is corrupt or stale."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            absent = [k for k in (*_KEYS, "images") if k not in z.files]
-            if absent:
-                raise ValueError(f"missing arrays {absent}")
-            a = {k: z[k] for k in (*_KEYS, "images")}
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
-    if json.loads(str(a["meta"])) != _meta(res, image_size):
+    a, meta = read_npz(path, _KEYS)
+    if meta != _meta(res, image_size):
         raise ValueError("stale: the annotations, images or label maps changed since it was written")
-    n, o, t = len(res.samples), len(a["objs"]), len(a["triples"])
-    ok = (
-        a["ids"].tolist() == [s.id for s in res.samples]
-        and a["images"].shape == (n, 3, image_size, image_size)
-        and a["obj_ptr"].shape == (n + 1,) and a["obj_ptr"][-1] == o
-        and a["triple_ptr"].shape == (n + 1,) and a["triple_ptr"][-1] == t
-        and a["boxes"].shape == (o, 4) and a["masks"].shape == (o, MASK_SIZE, MASK_SIZE)
-        and a["has_layout"].shape == (o,)
-    )  # fmt: skip
-    if not ok:
+    n = len(res.samples)
+    if a["ids"].tolist() != [s.id for s in res.samples] or a["images"].shape != (n, 3, image_size, image_size):
         raise ValueError("arrays have inconsistent shapes")
+    check_packed(a, n, MASK_SIZE)
     return a
 
 
@@ -642,29 +600,14 @@ def _ensure_cached(
 
     Returns (arrays by size, decoding seconds or None if everything came from the cache).
     """
-    lock = cache_path(root, res.split, res.camera, sizes[0]).parent / f".{res.split}_camera{res.camera}.lock"
-    with file_lock(lock):
-        out: dict[int, dict[str, np.ndarray]] = {}
-        todo = []
-        for s in sizes:
-            path = cache_path(root, res.split, res.camera, s)
-            if not path.exists():
-                todo.append(s)
-                continue
-            try:
-                out[s] = _read_cache(path, res, s)
-            except ValueError as e:
-                warnings.warn(
-                    f"4dor: cache file {path} is corrupt or stale ({e}); rebuilding it", stacklevel=3
-                )
-                todo.append(s)
-        if not todo:
-            return out, None
-        t0 = time.perf_counter()
-        for s, arrays in _decode(res, todo).items():
-            atomic_write_bytes(cache_path(root, res.split, res.camera, s), _pack(arrays, _meta(res, s)))
-            out[s] = {**arrays, "meta": np.asarray(json.dumps(_meta(res, s), sort_keys=True))}
-        return out, time.perf_counter() - t0
+    return cached(
+        sizes,
+        lambda s: cache_path(root, res.split, res.camera, s),
+        lambda path, s: _read_cache(path, res, s),
+        lambda todo: _decode(res, todo),
+        cache_path(root, res.split, res.camera, sizes[0]).parent / f".{res.split}_camera{res.camera}.lock",
+        "4dor",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -711,7 +654,7 @@ def _check_manifest(root: Path, res: Resolved) -> None:
 
 
 @register("dataset", "4dor")
-class Or4dDataset(SceneGraphDataset):
+class Or4dDataset(PackedDataset):
     """4D-OR operating-room scene graphs (roles as nodes) with one camera's images and panoptic layouts."""
 
     name = DATASET
@@ -820,29 +763,10 @@ class Or4dDataset(SceneGraphDataset):
         image_size: tuple[int, int] = (64, 48),
         cameras: Sequence[int] = CAMERAS,
     ) -> None:
-        """Write a tiny 4D-OR copy in the real on-disk format under ``root`` (see :func:`write_fixture`)."""
+        """A tiny 4D-OR in the real on-disk format under ``root`` (:mod:`benchmark.data.fixtures.or4d`)."""
+        from benchmark.data.fixtures.or4d import write_fixture
+
         write_fixture(Path(root), scans_per_take=scans_per_take, image_size=image_size, cameras=cameras)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, index: int) -> SceneGraphItem:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for 4dor {self.split} ({n} samples)")
-        index %= n
-        a = self._a
-        o0, o1 = int(a["obj_ptr"][index]), int(a["obj_ptr"][index + 1])
-        t0, t1 = int(a["triple_ptr"][index]), int(a["triple_ptr"][index + 1])
-        return SceneGraphItem(
-            image=torch.from_numpy(a["images"][index]).float().div_(255.0),
-            objs=torch.from_numpy(a["objs"][o0:o1].copy()),
-            boxes=torch.from_numpy(a["boxes"][o0:o1].copy()),
-            triples=torch.from_numpy(a["triples"][t0:t1].copy()),
-            masks=torch.from_numpy(a["masks"][o0:o1]).float(),
-            has_layout=torch.from_numpy(a["has_layout"][o0:o1].copy()),
-            image_id=self.image_ids[index],
-        )
 
     def layout_sources(self) -> np.ndarray:
         """Per sample: 0 no panoptic export, 1 an export, 2 an interpolated export."""
@@ -910,150 +834,3 @@ def _link_raw(raw: Path, root: Path) -> list[str]:
     if kept:
         out.append(f"  already in {root} (left as they are): {', '.join(kept)}")
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Fixture: a tiny 4D-OR in the real on-disk format
-
-FIXTURE_TAKES = {"train": (1, 3), "val": (4,), "test": (2, 6)}
-# Scan templates: (objects by class name, relationships by name, human_idx_to_name).
-_FIXTURE_SCANS: tuple[tuple[tuple[str, ...], tuple[tuple[str, str, str], ...], dict[str, str]], ...] = (
-    (("anesthesia_equipment", "instrument", "instrument_table", "secondary_table"), (), {}),
-    (
-        ("Patient", "human_0", "instrument", "instrument_table", "operating_table", "secondary_table"),
-        (("Patient", "LyingOn", "operating_table"), ("human_0", "Operating", "Patient"),
-         ("human_0", "Holding", "instrument")),
-        {"human_0": "head-surgeon"},
-    ),
-    (
-        ("anesthesia_equipment", "human_0", "human_1", "instrument", "instrument_table", "secondary_table"),
-        (("human_0", "CloseTo", "secondary_table"), ("secondary_table", "CloseTo", "human_0"),
-         ("human_1", "Touching", "anesthesia_equipment")),
-        {"human_0": "circulating-nurse", "human_1": "anaesthetist"},
-    ),
-    (
-        ("Patient", "human_0", "human_1", "operating_table"),
-        (("human_0", "Assisting", "Patient"), ("Patient", "LyingOn", "operating_table"),
-         ("human_1", "CloseTo", "operating_table")),
-        {"human_0": "assistant-surgeon", "human_1": "none", "human_2": "head-surgeon"},
-    ),
-)  # fmt: skip
-# Where each node is drawn (normalised x0, y0, x1, y1); the panoptic label follows the node's name.
-_FIXTURE_BOXES = {
-    "operating table": (0.30, 0.45, 0.70, 0.80), "patient": (0.35, 0.40, 0.65, 0.62),
-    "instrument table": (0.05, 0.10, 0.25, 0.35), "secondary table": (0.75, 0.70, 0.95, 0.95),
-    "anesthesia equipment": (0.75, 0.05, 0.95, 0.40), "head surgeon": (0.40, 0.15, 0.55, 0.40),
-    "assistant surgeon": (0.15, 0.45, 0.28, 0.85), "circulating nurse": (0.05, 0.55, 0.20, 0.95),
-    "anaesthetist": (0.60, 0.05, 0.72, 0.35), "person": (0.50, 0.82, 0.62, 0.98),
-    "instrument": (0.26, 0.20, 0.32, 0.26),
-}  # fmt: skip
-
-
-def _area(node: str) -> float:
-    x0, y0, x1, y1 = _FIXTURE_BOXES[node]
-    return (x1 - x0) * (y1 - y0)
-
-
-_PERSON_LABEL = 26  # MM-OR 'unrelated_person': drawn for role 'none', which no node maps to
-
-
-def _fixture_scan(k: int, take: int) -> dict[str, Any]:
-    """The ``k``-th fixture scan of ``take`` in relationships-file form (key order as in 4D-OR)."""
-    names, rels, roles = _FIXTURE_SCANS[k % len(_FIXTURE_SCANS)]
-    key = {n: i + 1 for i, n in enumerate(sorted(names))}
-    return {
-        "take_idx": take,
-        "scan": f"{2 * k + 1:06d}",
-        "objects": {str(key[n]): n for n in sorted(names)},
-        "relationships": [[key[s], key[o], SOURCE_PREDICATES.index(p), p] for s, p, o in rels],
-        "human_idx_to_name": dict(roles),
-    }
-
-
-def fixture_color_index(scan: int, camera: int) -> str:
-    """Colour-image index of a fixture frame: deliberately unlike the scan number."""
-    return str(1000 + 3 * scan + camera)
-
-
-def write_fixture(
-    root: Path,
-    *,
-    scans_per_take: int = 4,
-    image_size: tuple[int, int] = (64, 48),
-    cameras: Sequence[int] = CAMERAS,
-) -> None:
-    """A tiny 4D-OR under ``root``: train takes 1, 3 / val 4 / test 2, 6, ``scans_per_take`` scans each.
-
-    Written exactly as the real files are (dataset-formats.md 3.2-3.3, 3.8): ``data/classes.txt`` and
-    ``data/relationships.txt`` without trailing newline; ``data/relationships_{train,validation,test}.json``
-    and ``relationships_test_dummy.json`` with ``indent=2``, no trailing newline, key order ``take_idx, scan,
-    objects, relationships, human_idx_to_name``, objects keyed "1".."n" in sorted-name order; per take
-    ``timestamp_to_pcd_and_frames_list.json`` with an entry for every scan index (scans are 1, 3, 5, ... so
-    the list index matters); JPEGs per camera; grayscale label maps for cameras 1, 2, 5: for the ``k``-th
-    scan of take ``t`` an export if ``(k + t) % 3 == 0``, an interpolated export if 1, none if 2. Nodes are
-    drawn as rectangles (:data:`_FIXTURE_BOXES`, biggest first) in the JPEG and, with their panoptic label, in
-    the label map. Point clouds, calibration and poses are not written (the loader does not read them).
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "data"
-    data.mkdir(exist_ok=True)
-    (data / "classes.txt").write_text("\n".join(SOURCE_CLASSES), encoding="utf-8")
-    (data / "relationships.txt").write_text("\n".join(SOURCE_PREDICATES), encoding="utf-8")
-    dummy = []
-    for split, takes in FIXTURE_TAKES.items():
-        scans = [_fixture_scan(k, t) for t in takes for k in range(scans_per_take)]
-        (data / ANNOTATION_FILES[split]).write_text(json.dumps({"scans": scans}, indent=2), encoding="utf-8")
-        if split == "test":
-            dummy = [{"take_idx": s["take_idx"], "scan": s["scan"]} for s in scans]
-        for t in takes:
-            _write_fixture_take(
-                root, t, [_fixture_scan(k, t) for k in range(scans_per_take)], image_size, cameras
-            )
-    (data / "relationships_test_dummy.json").write_text(
-        json.dumps({"scans": dummy}, indent=2), encoding="utf-8"
-    )
-
-
-def _write_fixture_take(
-    root: Path, take: int, scans: list[dict[str, Any]], size: tuple[int, int], cameras: Sequence[int]
-) -> None:
-    folder = take_dir(root, take)
-    (folder / "colorimage").mkdir(parents=True, exist_ok=True)
-    last = int(scans[-1]["scan"])
-    frames = []
-    for s in range(last + 1):
-        files = {f"{kind}_{c}": fixture_color_index(s, c) for kind in ("color", "depth") for c in CAMERAS}
-        frames.append([1_600_000_000 + 1000 * s, {"pcd": f"{s:06d}", **files}])
-    frames_list_path(root, take).write_text(json.dumps(frames), encoding="utf-8")
-    w, h = size
-    for k, scan in enumerate(scans):
-        nodes = [
-            ROLES.get(scan["human_idx_to_name"].get(n, "none"), NO_ROLE)
-            if n.startswith("human_")
-            else CLASS_NAMES[n]
-            for n in scan["objects"].values()
-        ]
-        for c in cameras:
-            shift = 0.02 * (c - 1)
-            img = Image.new("RGB", (w, h), (90 + 10 * c, 90, 100))
-            label_map = Image.new("L", (w, h), 0)
-            draw, draw_l = ImageDraw.Draw(img), ImageDraw.Draw(label_map)
-            for node in sorted(nodes, key=_area, reverse=True):
-                x0, y0, x1, y1 = _FIXTURE_BOXES[node]
-                rect = [
-                    round((x0 + shift) * w),
-                    round(y0 * h),
-                    round((x1 + shift) * w) - 1,
-                    round(y1 * h) - 1,
-                ]
-                label = PANOPTIC_LABELS.get(node, _PERSON_LABEL if node == NO_ROLE else None)
-                draw.rectangle(rect, fill=_LABEL_COLOURS.get(label, (40, 40, 40)) if label else (40, 40, 40))
-                if label:
-                    draw_l.rectangle(rect, fill=label)
-            idx = fixture_color_index(int(scan["scan"]), c)
-            img.save(image_path(root, take, c, idx), quality=90)
-            kind = (k + take) % 3  # 0: export, 1: interpolated export, 2: none
-            if c in SEGMENTATION_CAMERAS and kind != 2:
-                path = segmentation_paths(root, take, c, idx)[kind]
-                path.parent.mkdir(exist_ok=True)
-                label_map.save(path)

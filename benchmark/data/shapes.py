@@ -21,13 +21,8 @@ The frozen split files ``datasets/shapes/splits/*.json`` list the ids and a hash
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
-import warnings
-import zipfile
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from benchmark.batch import SceneGraphItem
-from benchmark.interfaces import SceneGraphDataset
-from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_json
+from benchmark.data.packing import PACKED_KEYS, PackedDataset, cached, check_packed, pack, progress, read_npz
+from benchmark.data.packing import split_sha256 as split_sha256
+from benchmark.io import atomic_write_json, read_json, sha256_json
 from benchmark.paths import assets_dir, cache_dir
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, Vocab
@@ -380,15 +374,6 @@ def annotations_sha256(scenes: Iterable[Scene]) -> str:
     return sha256_json([sc.to_json() for sc in scenes])
 
 
-def split_sha256(ids: Sequence[str]) -> str:
-    """sha256 of the sorted image ids as JSON (the split manifest hash)."""
-    return sha256_json(sorted(ids))
-
-
-def _progress(items: Sequence[str], desc: str) -> Iterable[str]:
-    return tqdm(items, desc=desc, unit="img", disable=len(items) <= 300, leave=False)
-
-
 def write_split_files(dest: Path | None = None) -> list[Path]:
     """(Re)write ``vocab.json`` and ``splits/*.json`` under ``dest`` (default ``datasets/shapes``).
 
@@ -401,7 +386,7 @@ def write_split_files(dest: Path | None = None) -> list[Path]:
     atomic_write_json(written[0], vocab)
     for split in SPLITS:
         ids = split_ids(split)
-        scenes = [generate_scene(i) for i in _progress(ids, f"shapes {split}")]
+        scenes = [generate_scene(i) for i in progress(ids, f"shapes {split}")]
         path = dest / "splits" / f"{split}.json"
         atomic_write_json(
             path,
@@ -470,30 +455,15 @@ def cache_path(split: str, image_size: int, root: Path | None = None) -> Path:
     return base / f"g{GENERATOR_VERSION}" / f"{split}_{image_size}.npz"
 
 
-def _pack(scenes: Sequence[Scene], images: np.ndarray, meta: dict[str, Any]) -> bytes:
-    objs = np.fromiter((o for sc in scenes for o in sc.objs), dtype=np.int64)
-    boxes = np.asarray([b for sc in scenes for b in sc.boxes], dtype=np.float32).reshape(-1, 4)
-    masks = np.concatenate([sc.masks() for sc in scenes]) if scenes else np.zeros((0, MASK_SIZE, MASK_SIZE))
-    triples = np.asarray([t for sc in scenes for t in sc.triples], dtype=np.int64).reshape(-1, 3)
-    obj_ptr = np.cumsum([0] + [len(sc.objs) for sc in scenes]).astype(np.int64)
-    triple_ptr = np.cumsum([0] + [len(sc.triples) for sc in scenes]).astype(np.int64)
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        images=images,
-        objs=objs,
-        boxes=boxes,
-        masks=masks.astype(np.uint8),
-        triples=triples,
-        obj_ptr=obj_ptr,
-        triple_ptr=triple_ptr,
-        ids=np.asarray([sc.image_id for sc in scenes]),
-        meta=np.asarray(json.dumps(meta, sort_keys=True)),
-    )
-    return buf.getvalue()
+def _pack(scenes: Sequence[Scene], images: np.ndarray) -> dict[str, np.ndarray]:
+    packed = pack(
+        [sc.objs for sc in scenes], [sc.boxes for sc in scenes], [sc.masks() for sc in scenes],
+        [sc.triples for sc in scenes], MASK_SIZE,
+    )  # fmt: skip
+    return {"images": images, **packed, "ids": np.asarray([sc.image_id for sc in scenes])}
 
 
-_KEYS = ("images", "objs", "boxes", "masks", "triples", "obj_ptr", "triple_ptr", "ids", "meta")
+_KEYS = ("images", *PACKED_KEYS, "ids")
 
 
 def _arrays_to_json(a: dict[str, np.ndarray]) -> list[list[Any]]:
@@ -514,47 +484,28 @@ def _arrays_to_json(a: dict[str, np.ndarray]) -> list[list[Any]]:
 
 def _read_cache(path: Path, split_meta: dict[str, Any], image_size: int) -> dict[str, np.ndarray]:
     """Load and validate a cache file; raises ValueError (with the reason) if it is corrupt or stale."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in _KEYS if k not in z.files]
-            if missing:
-                raise ValueError(f"missing arrays {missing}")
-            a = {k: z[k] for k in _KEYS}
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+    a, meta = read_npz(path, _KEYS)
     n = split_meta["num_images"]
-    meta = json.loads(str(a["meta"]))
     if meta.get("generator_version") != GENERATOR_VERSION or meta.get("image_size") != image_size:
         raise ValueError(f"stale metadata {meta}")
     if a["ids"].tolist() != split_meta["ids"]:
         raise ValueError("image ids differ from the split file")
     if a["images"].shape != (n, 3, image_size, image_size) or a["images"].dtype != np.uint8:
         raise ValueError(f"images have shape {a['images'].shape} {a['images'].dtype}")
-    o, t = len(a["objs"]), len(a["triples"])
-    ok = (
-        a["obj_ptr"].shape == (n + 1,)
-        and a["triple_ptr"].shape == (n + 1,)
-        and a["obj_ptr"][-1] == o
-        and a["triple_ptr"][-1] == t
-        and a["boxes"].shape == (o, 4)
-        and a["masks"].shape == (o, MASK_SIZE, MASK_SIZE)
-    )
-    if not ok:
-        raise ValueError("annotation arrays have inconsistent shapes")
+    check_packed(a, n, MASK_SIZE)
     if sha256_json(_arrays_to_json(a)) != split_meta["annotations_sha256"]:
         raise ValueError("annotations do not match the split file's annotations_sha256")
     return a
 
 
-def _generate(split: str, split_meta: dict[str, Any], sizes: Sequence[int], root: Path | None) -> float:
-    """Generate a split, check it against the split file, write one cache file per size; returns seconds."""
-    t0 = time.perf_counter()
+def _generate(
+    split: str, split_meta: dict[str, Any], sizes: Sequence[int]
+) -> dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Generate a split and check it against the split file; (arrays, metadata) of the cache file per size."""
     ids = split_meta["ids"]
     scenes: list[Scene] = []
     images = {s: np.empty((len(ids), 3, s, s), dtype=np.uint8) for s in sizes}
-    for k, image_id in enumerate(
-        _progress(ids, f"shapes: generating {split} ({'/'.join(map(str, sizes))} px)")
-    ):
+    for k, image_id in enumerate(progress(ids, f"shapes: generating {split} ({'/'.join(map(str, sizes))} px)")):
         scene = generate_scene(image_id)
         scenes.append(scene)
         for s in sizes:
@@ -567,15 +518,8 @@ def _generate(split: str, split_meta: dict[str, Any], sizes: Sequence[int], root
             "The generator changed: revert the change, or bump GENERATOR_VERSION and rewrite the split files "
             "with benchmark.data.shapes.write_split_files()."
         )
-    for s in sizes:
-        meta = {
-            "generator_version": GENERATOR_VERSION,
-            "split": split,
-            "image_size": s,
-            "annotations_sha256": digest,
-        }
-        atomic_write_bytes(cache_path(split, s, root), _pack(scenes, images[s], meta))
-    return time.perf_counter() - t0
+    meta = {"generator_version": GENERATOR_VERSION, "split": split, "annotations_sha256": digest}
+    return {s: (_pack(scenes, images[s]), {**meta, "image_size": s}) for s in sizes}
 
 
 def _ensure_cached(
@@ -588,34 +532,15 @@ def _ensure_cached(
     for s in sizes:
         _check_size(s)
     split_meta = _load_split_file(split)
-    lock = cache_path(split, sizes[0], root).parent / f".{split}.lock"
-    with file_lock(lock):
-        out: dict[int, dict[str, np.ndarray]] = {}
-        todo = []
-        for s in sizes:
-            path = cache_path(split, s, root)
-            if not path.exists():
-                todo.append(s)
-                continue
-            try:
-                out[s] = _read_cache(path, split_meta, s)
-            except ValueError as e:
-                warnings.warn(
-                    f"shapes: cache file {path} is corrupt or stale ({e}); regenerating it", stacklevel=3
-                )
-                todo.append(s)
-        seconds = None
-        if todo:
-            seconds = _generate(split, split_meta, todo, root)
-            for s in todo:
-                path = cache_path(split, s, root)
-                try:
-                    out[s] = _read_cache(path, split_meta, s)
-                except ValueError as e:
-                    raise RuntimeError(
-                        f"shapes: freshly written cache file {path} does not read back: {e}"
-                    ) from e
-    return out, seconds, split_meta
+    arrays, seconds = cached(
+        sizes,
+        lambda s: cache_path(split, s, root),
+        lambda path, s: _read_cache(path, split_meta, s),
+        lambda todo: _generate(split, split_meta, todo),
+        cache_path(split, sizes[0], root).parent / f".{split}.lock",
+        "shapes",
+    )
+    return arrays, seconds, split_meta
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -623,7 +548,7 @@ def _ensure_cached(
 
 
 @register("dataset", "shapes")
-class ShapesDataset(SceneGraphDataset):
+class ShapesDataset(PackedDataset):
     """Procedural coloured shapes with sg2im COCO-rule relations and held-out colour-shape pairs (built in)."""
 
     name = DATASET
@@ -679,27 +604,6 @@ class ShapesDataset(SceneGraphDataset):
         if raw is not None:
             lines.append(f"  (raw={raw} ignored: shapes is generated, not downloaded)")
         return "\n".join(lines)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, index: int) -> SceneGraphItem:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for shapes {self.split} ({n} images)")
-        index %= n
-        a = self._a
-        o0, o1 = int(a["obj_ptr"][index]), int(a["obj_ptr"][index + 1])
-        t0, t1 = int(a["triple_ptr"][index]), int(a["triple_ptr"][index + 1])
-        return SceneGraphItem(
-            image=torch.from_numpy(a["images"][index]).float().div_(255.0),
-            objs=torch.from_numpy(a["objs"][o0:o1].copy()),
-            boxes=torch.from_numpy(a["boxes"][o0:o1].copy()),
-            triples=torch.from_numpy(a["triples"][t0:t1].copy()),
-            masks=torch.from_numpy(a["masks"][o0:o1]).float(),
-            has_layout=torch.ones(o1 - o0, dtype=torch.bool),
-            image_id=self.image_ids[index],
-        )
 
     def object_factors(self) -> list[tuple[str, ...]]:
         """Per vocabulary index, the factors (colour, shape) of the object; ``__image__`` -> itself twice."""

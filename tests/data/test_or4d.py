@@ -14,11 +14,12 @@ from PIL import Image
 from benchmark import registry
 from benchmark.batch import collate
 from benchmark.data import or4d
+from benchmark.data.fixtures import or4d as or4d_fixture
+from benchmark.data.fixtures.or4d import FIXTURE_TAKES, fixture_color_index
 from benchmark.data.or4d import (
     ANNOTATION_FILES,
     DEFAULT_CAMERA,
     EXPECTED_SIZES,
-    FIXTURE_TAKES,
     LAYOUT_EXPORT,
     LAYOUT_INTERPOLATED,
     LAYOUT_NONE,
@@ -29,7 +30,6 @@ from benchmark.data.or4d import (
     TAKE_SPLIT,
     VOCAB,
     Or4dDataset,
-    fixture_color_index,
     layout_from_label_map,
     parse_relationships,
     resolve,
@@ -278,7 +278,7 @@ def test_has_layout_flags_and_boxes_on_fixture(root: Path) -> None:
         ds, "take1/000007"
     )  # patient, assistant surgeon, person, operating table (interpolated export)
     assert it.has_layout.tolist() == [True, True, False, True, True]
-    x0, y0, x1, y1 = or4d._FIXTURE_BOXES["patient"]
+    x0, y0, x1, y1 = or4d_fixture._FIXTURE_BOXES["patient"]
     w, h = 64, 48
     expected = [round(x0 * w) / w, round(y0 * h) / h, round(x1 * w) / w, round(y1 * h) / h]
     torch.testing.assert_close(it.boxes[0], torch.tensor(expected))
