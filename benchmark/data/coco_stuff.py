@@ -53,15 +53,11 @@ dataset; ``split_version`` is the split-definition version of the protocol (``1.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import random
 import time
 import warnings
-import zipfile
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,11 +67,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
+from benchmark.data.packing import check_index, read_npz, split_sha256, write_npz
+from benchmark.data.packing import progress as progress_bar
 from benchmark.interfaces import SceneGraphDataset
-from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file, sha256_json
+from benchmark.io import atomic_write_json, file_lock, read_json, sha256_file
 from benchmark.paths import assets_dir, data_root
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, Vocab
@@ -628,11 +625,6 @@ def parse_source(raw: Path, source: Source) -> Parsed:
     return Parsed(source, images, kept, objects, stats)
 
 
-def _quiet(progress: bool, n: int) -> bool | None:
-    """tqdm's ``disable``: off when asked or for small jobs, automatic (off without a terminal) otherwise."""
-    return True if not progress or n < 500 else None
-
-
 def load_image(path: Path, size: int, file_size: tuple[int, int], image_id: str = "") -> np.ndarray:
     """uint8 ``[3, size, size]``: ``PIL.Image.open -> convert('RGB') -> resize((size, size), BILINEAR)``, the
     pixels of sg2im's ``Resize`` before ``ToTensor`` (which divides by 255). ``file_size`` is the
@@ -694,10 +686,7 @@ def build_index(raw: Path, parsed: Parsed, progress: bool = True) -> dict[str, d
     done: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # id(annotation) -> (box, mask, centre)
     problems: list[str] = []
     union = list(dict.fromkeys(i for m in MODES for i in parsed.kept[m]))
-    bar = tqdm(
-        union, desc=f"coco_stuff: indexing {src.name}", unit="img", disable=_quiet(progress, len(union))
-    )
-    for image_id in bar:
+    for image_id in progress_bar(union, f"coco_stuff: indexing {src.name}", quiet=not progress):
         try:
             ww, hh = sizes[image_id] = image_size_of(raw / src.images / parsed.images[image_id][0])
         except (FileNotFoundError, ValueError) as e:
@@ -795,9 +784,7 @@ def _write_image_cache(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), 3, size, size))
-        rows = tqdm(
-            table, desc=f"coco_stuff: {size} px image cache", unit="img", disable=_quiet(progress, len(table))
-        )
+        rows = progress_bar(table, f"coco_stuff: {size} px image cache", quiet=not progress)
         for r, (file_name, file_size, image_id) in enumerate(rows):
             arr[r] = load_image(image_dir / file_name, size, file_size, image_id)
         arr.flush()
@@ -805,11 +792,6 @@ def _write_image_cache(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def split_sha256(ids: Sequence[str]) -> str:
-    """sha256 of the sorted (string) image ids as compact JSON: the split manifest hash results record."""
-    return sha256_json(sorted(ids))
 
 
 def _signature(raw: Path, source: Source) -> dict[str, list[int]]:
@@ -821,23 +803,9 @@ def _signature(raw: Path, source: Source) -> dict[str, list[int]]:
     return out
 
 
-def _write_index(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _read_index(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     """Load an index file; raises ValueError (with the reason) if it is unreadable, stale or inconsistent."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in (*_INDEX_KEYS, "meta") if k not in z.files]
-            if missing:
-                raise ValueError(f"missing arrays {missing}")
-            a = {k: z[k] for k in _INDEX_KEYS}
-            stored = json.loads(str(z["meta"]))
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+    a, stored = read_npz(path, _INDEX_KEYS)
     if stored != meta:
         raise ValueError("built from other inputs or by another index version")
     n, o = len(a["image_id"]), len(a["category"])
@@ -904,7 +872,7 @@ def prepare_root(root: Path, raw: Path, progress: bool = True) -> tuple[dict[str
         entry: dict[str, Any] = {"stats": parsed.stats, "signature": _signature(raw, src), "index": {}}
         for mode in MODES:
             path = index_path(root, src.name, mode)
-            _write_index(path, arrays[mode], _index_meta(src, mode, entry["signature"]))
+            write_npz(path, arrays[mode], _index_meta(src, mode, entry["signature"]))
             entry["index"][mode] = str(path.relative_to(prepared_dir(root)))
         table = _image_table(arrays)
         entry["image_cache"] = {}
@@ -1210,10 +1178,7 @@ class CocoStuffDataset(SceneGraphDataset):
         return len(self._rows)
 
     def __getitem__(self, index: int) -> SceneGraphItem:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for coco_stuff {self.split} ({n} images)")
-        index %= n
+        index = check_index(index, len(self), f"coco_stuff {self.split}")
         row = int(self._rows[index])
         a = self._a
         o0, o1 = int(a["obj_ptr"][row]), int(a["obj_ptr"][row + 1])
@@ -1266,7 +1231,10 @@ class CocoStuffDataset(SceneGraphDataset):
     def write_fixture(
         cls, root: Path, extra_images: int = 0, extra_size: tuple[int, int] = (640, 480)
     ) -> None:
-        """Write a tiny COCO-Stuff copy in the real on-disk format under ``root`` (:func:`write_fixture`)."""
+        """A tiny COCO-Stuff copy in the real on-disk format under ``root``
+        (:mod:`benchmark.data.fixtures.coco_stuff`)."""
+        from benchmark.data.fixtures.coco_stuff import write_fixture
+
         write_fixture(Path(root), extra_images=extra_images, extra_size=extra_size)
 
 
@@ -1281,300 +1249,3 @@ def write_vocab_file(dest: Path | None = None) -> Path:
         },
     )
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The fixture: a tiny COCO-Stuff copy in the exact on-disk format, exercising every rule
-
-# Objects: (kind, category name, x0, y0, x1, y1) in pixels. Kinds: "poly" an octagon inscribed in the box,
-# "poly2" two polygons, "rect" a rectangle polygon (exact bbox), "crowd" iscrowd=1 uncompressed-RLE ellipse
-# (instances), "stuff" a compressed-RLE region with a wavy top edge (stuff file).
-_Obj = tuple[str, str, int, int, int, int]
-# fmt: off
-_FIXTURE: dict[str, list[tuple[int, tuple[int, int], bool, list[_Obj]]]] = {
-    # (id, (width, height), in the challenge ids, objects); JSON order is not id order.
-    "val2017": [
-        # kept: wall + crowd person + dog strictly inside the person's box + floor (LostGAN: 3, no crowd)
-        (632, (80, 60), True, [("stuff", "wall-concrete", 0, 0, 80, 30), ("crowd", "person", 10, 8, 60, 56),
-                               ("poly", "dog", 20, 20, 40, 40), ("stuff", "floor-wood", 0, 30, 80, 60)]),
-        # kept with 3: 'other' dropped, the 8x12 cat box is exactly 2% (not > 2%) and dropped
-        (139, (80, 60), True, [("poly", "person", 8, 6, 30, 50), ("poly2", "dog", 40, 30, 70, 56),
-                               ("stuff", "wall-concrete", 0, 0, 80, 28), ("stuff", "other", 0, 28, 80, 60),
-                               ("rect", "cat", 60, 4, 68, 16)]),
-        # dropped: 2 objects left after the 2% rule
-        (285, (80, 60), True, [("poly", "car", 5, 5, 40, 40), ("stuff", "road", 0, 40, 80, 60),
-                               ("rect", "bird", 70, 2, 78, 14)]),
-        # dropped (9 objects); LostGAN rules drop the crowd person and keep it with 8
-        (885, (80, 60), True, [("crowd", "person", 2, 2, 30, 40), ("poly", "person", 30, 5, 50, 45),
-                               ("poly", "bicycle", 50, 20, 78, 55), ("poly", "dog", 5, 35, 25, 58),
-                               ("poly", "car", 40, 40, 70, 58), ("poly", "bench", 10, 10, 40, 30),
-                               ("stuff", "grass", 0, 40, 80, 60), ("stuff", "tree", 0, 0, 40, 25),
-                               ("stuff", "sky-other", 40, 0, 80, 20)]),
-        # dropped: no stuff annotation (stuff_only)
-        (776, (80, 60), True, [("poly", "person", 5, 5, 30, 50), ("poly", "dog", 35, 30, 60, 55),
-                               ("poly", "cat", 60, 10, 78, 40)]),
-        # kept: portrait image
-        (1296, (60, 80), True, [("poly", "giraffe", 10, 10, 45, 75), ("stuff", "sky-other", 0, 0, 60, 40),
-                                ("stuff", "tree", 0, 40, 60, 80)]),
-        # kept: exactly 8 objects
-        (724, (80, 60), True, [("poly", "person", 2, 2, 20, 40), ("poly", "person", 20, 2, 38, 40),
-                               ("poly", "kite", 40, 2, 60, 20), ("poly", "dog", 40, 30, 60, 58),
-                               ("rect", "frisbee", 62, 30, 76, 40), ("stuff", "sky-other", 0, 0, 80, 25),
-                               ("stuff", "grass", 0, 25, 80, 60), ("stuff", "tree", 60, 0, 80, 30)]),
-        # kept with 3 (sg2im keeps crowd annotations); LostGAN rules: 2 -> dropped
-        (1000, (80, 60), True, [("crowd", "person", 5, 5, 40, 55), ("poly", "dog", 45, 30, 75, 58),
-                                ("stuff", "grass", 0, 30, 80, 60)]),
-        # kept: its only stuff is 'other' (dropped) but the image counts as having stuff
-        (1268, (80, 60), True, [("poly", "person", 2, 5, 25, 55), ("poly", "horse", 28, 10, 60, 55),
-                                ("poly", "dog", 62, 30, 78, 55), ("stuff", "other", 0, 0, 80, 60)]),
-        # kept with 4: the 10x10 stop sign is just over 2%; after val + test, so in neither
-        (1353, (80, 60), True, [("poly", "bus", 10, 15, 70, 50), ("rect", "stop sign", 2, 2, 12, 12),
-                                ("stuff", "road", 0, 45, 80, 60), ("stuff", "building-other", 0, 0, 80, 20)]),
-        # dropped: not in the challenge val ids
-        (1425, (80, 60), False, [("poly", "train", 5, 10, 75, 45), ("stuff", "railroad", 0, 40, 80, 60),
-                                 ("stuff", "sky-other", 0, 0, 80, 15)]),
-    ],
-    "train2017": [
-        (9, (80, 60), True, [("poly", "person", 20, 10, 50, 58), ("stuff", "grass", 0, 35, 80, 60),
-                             ("stuff", "sky-other", 0, 0, 80, 35)]),
-        (25, (80, 60), True, [("poly", "giraffe", 5, 5, 35, 58), ("poly", "giraffe", 40, 10, 70, 58),
-                              ("stuff", "tree", 0, 0, 80, 30), ("stuff", "sky-other", 0, 0, 80, 15)]),
-        (30, (80, 60), True, [("crowd", "person", 0, 20, 80, 60), ("poly", "umbrella", 10, 2, 40, 22),
-                              ("poly", "bench", 45, 35, 75, 55), ("stuff", "pavement", 0, 40, 80, 60),
-                              ("stuff", "building-other", 0, 0, 80, 30)]),
-        # dropped: not in the challenge train ids
-        (34, (80, 60), False, [("poly", "cat", 10, 10, 60, 50), ("stuff", "blanket", 0, 30, 80, 60),
-                               ("stuff", "wall-other", 0, 0, 80, 30)]),
-        (36, (80, 60), True, [("poly", "cow", 10, 20, 60, 55), ("stuff", "grass", 0, 30, 80, 60),
-                              ("stuff", "tree", 0, 0, 80, 30)]),
-        (42, (64, 64), True, [("poly", "pizza", 5, 5, 40, 40), ("poly", "cup", 45, 5, 60, 25),
-                              ("poly", "fork", 42, 30, 60, 60), ("rect", "knife", 2, 45, 30, 55),
-                              ("stuff", "table", 0, 0, 64, 64), ("stuff", "napkin", 30, 40, 64, 64)]),
-        # dropped: 2 objects
-        (49, (80, 60), True, [("poly", "dog", 10, 10, 70, 55), ("stuff", "floor-wood", 0, 40, 80, 60)]),
-        (61, (80, 60), True, [("poly", "pizza", 10, 10, 50, 50), ("poly", "cup", 55, 10, 75, 35),
-                              ("stuff", "table", 0, 0, 80, 60)]),
-    ],
-}
-# fmt: on
-# Split sizes of the fixture (recorded in its marker file; the published sizes do not apply to it).
-FIXTURE_NUM_VAL, FIXTURE_NUM_TEST = 2, 4
-FIXTURE_KEPT = {"train": 6, "val": 2, "test": 4, "train_lostgan": 6, "test_lostgan": 7}
-
-
-def _octagon(x0: float, y0: float, x1: float, y1: float) -> list[float]:
-    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-    angles = [math.pi / 8 + k * math.pi / 4 for k in range(8)]
-    return [
-        round(v, 2)
-        for a in angles
-        for v in (
-            cx + rx * math.cos(a) / math.cos(math.pi / 8),
-            cy + ry * math.sin(a) / math.cos(math.pi / 8),
-        )
-    ]
-
-
-def _clip_poly(poly: list[float], w: int, h: int) -> list[float]:
-    return [round(min(max(v, 0.0), (w if i % 2 == 0 else h) - 0.01), 2) for i, v in enumerate(poly)]
-
-
-def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0] + counts
-    return {"counts": counts, "size": list(mask.shape)}
-
-
-def _fixture_annotation(
-    obj: _Obj, size: tuple[int, int], rng: np.random.Generator
-) -> tuple[dict[str, Any], bool]:
-    """(annotation without ids, is stuff) in the real COCO / COCO-Stuff fields."""
-    from pycocotools import mask as mask_utils
-
-    kind, name, x0, y0, x1, y1 = obj
-    w, h = size
-    cid = _CATEGORY_ID[name]
-    yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
-    if kind in ("poly", "rect", "poly2"):
-        if kind == "rect":
-            polys = [[float(x0), float(y0), float(x1), float(y0), float(x1), float(y1), float(x0), float(y1)]]
-        elif kind == "poly":
-            polys = [_clip_poly(_octagon(x0, y0, x1, y1), w, h)]
-        else:
-            xm = (x0 + x1) / 2
-            polys = [
-                [float(x0), float(y0), xm - 1, float(y0), xm - 1, float(y1), float(x0), float(y1)],
-                [xm + 1, float(y1), float(x1), float(y1), (xm + 1 + x1) / 2, float(y0)],
-            ]
-        xs = [v for p in polys for v in p[0::2]]
-        ys = [v for p in polys for v in p[1::2]]
-        bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
-        area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))))
-        return {"segmentation": polys, "area": area, "iscrowd": 0, "bbox": bbox, "category_id": cid}, False
-    if kind == "crowd":
-        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-        m = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
-        seg: dict[str, Any] = _uncompressed_rle(m)
-        rle = mask_utils.frPyObjects(seg, h, w)
-        stuff = False
-    elif kind == "stuff":
-        wave = y0 + (0 if y0 == 0 else 1.5 + 1.5 * np.sin(xx / 4.0 + rng.uniform(0, 6)))
-        m = (xx >= x0) & (xx < x1) & (yy >= wave) & (yy < y1)
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-        stuff = True
-    else:
-        raise ValueError(f"unknown fixture object kind {kind!r}")
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    ann = {
-        "segmentation": seg,
-        "area": float(mask_utils.area(rle)),
-        "iscrowd": int(kind == "crowd"),
-        "bbox": bbox,
-        "category_id": cid,
-    }
-    return ann, stuff
-
-
-def _colour(cid: int) -> np.ndarray:
-    return np.array([(cid * 67) % 200 + 40, (cid * 131) % 200 + 40, (cid * 29) % 200 + 40], dtype=np.float64)
-
-
-def _render(size: tuple[int, int], anns: list[dict[str, Any]], rng: np.random.Generator) -> Image.Image:
-    """A picture: a gradient, stuff regions, then things, each in its category's colour, plus noise."""
-    w, h = size
-    g = (
-        np.linspace(0, 1, w)[None, :, None] * np.array([40.0, 10.0, -20.0])
-        + np.linspace(0, 1, h)[:, None, None] * 30
-    )
-    img = np.broadcast_to(120.0 + g, (h, w, 3)).copy()
-    for ann in sorted(anns, key=lambda a: a["category_id"] < 92):  # stuff first, things on top
-        m = decode_segmentation(ann["segmentation"], w, h).astype(bool)
-        img[m] = _colour(ann["category_id"])
-    img += rng.normal(0, 6, img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8))
-
-
-def _extra_objects(rng: np.random.Generator, size: tuple[int, int]) -> list[_Obj]:
-    """3..8 objects over 2% of a ``size`` image: things as octagons, stuff as horizontal bands."""
-    w, h = size
-    things = [n for _, n, _ in THING_CATEGORIES]
-    stuffs = [n for _, n, _ in STUFF_CATEGORIES[:-1]]
-    out: list[_Obj] = []
-    for _ in range(int(rng.integers(1, 5))):
-        bw, bh = int(rng.integers(w // 5, w // 2)), int(rng.integers(h // 5, h // 2))
-        x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-        out.append(("poly", str(rng.choice(things)), x0, y0, x0 + bw, y0 + bh))
-    n_stuff = int(rng.integers(2, 5))
-    edges = np.linspace(0, h, n_stuff + 1).astype(int)
-    out += [
-        ("stuff", str(rng.choice(stuffs)), 0, int(edges[i]), w, int(edges[i + 1])) for i in range(n_stuff)
-    ]
-    return out
-
-
-def write_fixture(root: Path, extra_images: int = 0, extra_size: tuple[int, int] = (640, 480)) -> None:
-    """Write a tiny COCO-Stuff 2017 copy in the exact on-disk format under ``root``.
-
-    ``annotations/instances_{train,val}2017.json`` (real top-level keys and fields; polygon and ``iscrowd``
-    uncompressed-RLE segmentations; all 80 thing categories), ``annotations/stuff_{train,val}2017.json``
-    (compressed-RLE stuff annotations; all 91 stuff categories and ``other`` = 183),
-    ``annotations/deprecated-challenge2017/{train,val}-ids.txt``, JPEGs of the declared sizes under
-    ``images/{train,val}2017/`` and the marker ``sg2i_fixture.json`` with the fixture's split sizes (val 2,
-    test 4). Every filter rule is exercised (see ``_FIXTURE``). ``extra_images`` adds that many always-kept
-    train images of ``extra_size`` (the benchmark's scaled fixture; their JPEGs are hard links to a few
-    rendered ones). Deterministic.
-    """
-    root = Path(root)
-    rng = np.random.default_rng(20170901)
-    licenses = [
-        {"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}
-    ]
-    info = {
-        "description": "sg2i-bench COCO-Stuff fixture (synthetic; COCO 2017 format)",
-        "url": "",
-        "version": "1.0",
-        "year": 2017,
-        "contributor": "sg2i-bench",
-        "date_created": "2017/09/01",
-    }
-    thing_cats = [{"supercategory": s, "id": i, "name": n} for i, n, s in THING_CATEGORIES]
-    stuff_cats = [{"supercategory": s, "id": i, "name": n} for i, n, s in STUFF_CATEGORIES]
-    extra_rng = np.random.default_rng(1)
-    for source, images in _FIXTURE.items():
-        entries = list(images)
-        if source == "train2017":
-            entries += [
-                (1_000_000 + i, extra_size, True, _extra_objects(extra_rng, extra_size))
-                for i in range(extra_images)
-            ]
-        image_dir = root / SOURCES[source].images
-        image_dir.mkdir(parents=True, exist_ok=True)
-        imgs, inst_anns, stuff_anns, challenge = [], [], [], []
-        extra_rendered: list[Path] = []
-        for image_id, size, in_challenge, objs in entries:
-            file_name = f"{image_id:012d}.jpg"
-            imgs.append(
-                {
-                    "license": 4,
-                    "file_name": file_name,
-                    "coco_url": f"http://images.cocodataset.org/{source}/{file_name}",
-                    "height": size[1],
-                    "width": size[0],
-                    "date_captured": "2013-11-14 16:28:13",
-                    "flickr_url": "",
-                    "id": image_id,
-                }
-            )
-            if in_challenge:
-                challenge.append(image_id)
-            anns = []
-            for obj in objs:
-                ann, is_stuff = _fixture_annotation(obj, size, rng)
-                target = stuff_anns if is_stuff else inst_anns
-                ann = {**ann, "image_id": image_id, "id": (10_000_000 if is_stuff else 1) + len(target)}
-                target.append(ann)
-                anns.append(ann)
-            path = image_dir / file_name
-            path.unlink(missing_ok=True)
-            if image_id < 1_000_000 or len(extra_rendered) < 16:
-                _render(size, anns, rng).save(path, "JPEG", quality=90)
-                if image_id >= 1_000_000:
-                    extra_rendered.append(path)
-            else:  # scaled fixture: the bytes of one of 16 rendered images (same size), as a hard link
-                src = extra_rendered[image_id % len(extra_rendered)]
-                try:
-                    os.link(src, path)
-                except OSError:
-                    path.write_bytes(src.read_bytes())
-        ann_dir = root / "annotations"
-        ann_dir.mkdir(parents=True, exist_ok=True)
-        common = {"info": info, "licenses": licenses, "images": imgs}
-        (ann_dir / f"instances_{source}.json").write_text(
-            json.dumps({**common, "annotations": inst_anns, "categories": thing_cats}, separators=(",", ":"))
-        )
-        (ann_dir / f"stuff_{source}.json").write_text(
-            json.dumps({**common, "annotations": stuff_anns, "categories": stuff_cats}, separators=(",", ":"))
-        )
-        ids_path = root / SOURCES[source].challenge_ids
-        ids_path.parent.mkdir(parents=True, exist_ok=True)
-        ids_path.write_text("".join(f"{i}\n" for i in challenge))
-    expected = {
-        **FIXTURE_KEPT,
-        "train": FIXTURE_KEPT["train"] + extra_images,
-        "train_lostgan": FIXTURE_KEPT["train_lostgan"] + extra_images,
-    }
-    atomic_write_json(
-        root / FIXTURE_MARKER,
-        {
-            "note": "sg2i-bench test fixture: synthetic data in the COCO-Stuff format; "
-            "these split sizes replace the published ones. Never put this file next to real COCO data.",
-            "num_val": FIXTURE_NUM_VAL,
-            "num_test": FIXTURE_NUM_TEST,
-            "expected": expected,
-        },
-    )

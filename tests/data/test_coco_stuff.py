@@ -24,7 +24,6 @@ from benchmark import registry
 from benchmark.batch import collate
 from benchmark.data import coco_stuff as cs
 from benchmark.data.coco_stuff import (
-    FIXTURE_KEPT,
     OBJECT_NAMES,
     PREDICATES,
     RELATION_SEED,
@@ -35,6 +34,7 @@ from benchmark.data.coco_stuff import (
     predicate,
     resize_mask,
 )
+from benchmark.data.fixtures.coco_stuff import FIXTURE_KEPT
 from benchmark.io import read_json
 from benchmark.paths import assets_dir
 from benchmark.protocol import load_protocol
