@@ -539,7 +539,8 @@ def _decode(res: Resolved, sizes: Sequence[int]) -> dict[int, tuple[dict[str, np
     img_idx, in_img = VOCAB.object_name_to_idx[IMAGE_TOKEN], VOCAB.pred_name_to_idx[IN_IMAGE]
     images = {s: np.empty((len(res.samples), 3, s, s), dtype=np.uint8) for s in sizes}
     objs, boxes, masks, has, triples = [], [], [], [], []
-    image_box, image_mask = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32), np.ones((1, MASK_SIZE, MASK_SIZE))
+    image_box = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
+    image_mask = np.ones((1, MASK_SIZE, MASK_SIZE), dtype=np.uint8)
     desc = f"4dor: decoding {res.split} camera {res.camera} ({'/'.join(map(str, sizes))} px)"
     for k, smp in enumerate(progress(res.samples, desc)):
         pix, (w, h) = load_image(smp.image, sizes)
@@ -586,8 +587,8 @@ def _read_cache(path: Path, res: Resolved, image_size: int) -> dict[str, np.ndar
     a, meta = read_npz(path, _KEYS)
     if meta != _meta(res, image_size):
         raise ValueError("stale: the annotations, images or label maps changed since it was written")
-    n = len(res.samples)
-    if a["ids"].tolist() != [s.id for s in res.samples] or a["images"].shape != (n, 3, image_size, image_size):
+    n, size = len(res.samples), image_size
+    if a["ids"].tolist() != [s.id for s in res.samples] or a["images"].shape != (n, 3, size, size):
         raise ValueError("arrays have inconsistent shapes")
     check_packed(a, n, MASK_SIZE)
     return a

@@ -138,7 +138,9 @@ def cached(
             try:
                 out[k] = read(path, k)
             except ValueError as e:
-                warnings.warn(f"{what}: cache file {path} is corrupt or stale ({e}); rebuilding it", stacklevel=3)
+                warnings.warn(
+                    f"{what}: cache file {path} is corrupt or stale ({e}); rebuilding it", stacklevel=3
+                )
                 todo.append(k)
         if not todo:
             return out, None
@@ -149,7 +151,9 @@ def cached(
             try:
                 out[k] = read(path, k)
             except ValueError as e:
-                raise RuntimeError(f"{what}: freshly written cache file {path} does not read back: {e}") from e
+                raise RuntimeError(
+                    f"{what}: freshly written cache file {path} does not read back: {e}"
+                ) from e
         return out, time.perf_counter() - t0
 
 
@@ -189,6 +193,8 @@ class PackedDataset(SceneGraphDataset):
             boxes=torch.from_numpy(a["boxes"][o0:o1].copy()),
             triples=torch.from_numpy(a["triples"][t0:t1].copy()),
             masks=torch.from_numpy(a["masks"][o0:o1]).float(),
-            has_layout=torch.ones(o1 - o0, dtype=torch.bool) if has is None else torch.from_numpy(has[o0:o1].copy()),
+            has_layout=torch.ones(o1 - o0, dtype=torch.bool)
+            if has is None
+            else torch.from_numpy(has[o0:o1].copy()),
             image_id=self.image_ids[index],
         )

@@ -505,7 +505,8 @@ def _generate(
     ids = split_meta["ids"]
     scenes: list[Scene] = []
     images = {s: np.empty((len(ids), 3, s, s), dtype=np.uint8) for s in sizes}
-    for k, image_id in enumerate(progress(ids, f"shapes: generating {split} ({'/'.join(map(str, sizes))} px)")):
+    desc = f"shapes: generating {split} ({'/'.join(map(str, sizes))} px)"
+    for k, image_id in enumerate(progress(ids, desc)):
         scene = generate_scene(image_id)
         scenes.append(scene)
         for s in sizes:

@@ -43,6 +43,7 @@ from PIL import Image
 
 from benchmark.batch import SceneGraphItem
 from benchmark.data import vg_preprocess as pp
+from benchmark.data.packing import split_sha256
 from benchmark.data.vg_preprocess import (
     H5_DATASETS,
     IMAGE_DIR_NAME,
@@ -51,7 +52,6 @@ from benchmark.data.vg_preprocess import (
     VOCAB_NAME,
     PreprocessConfig,
     VGDataError,
-    ids_sha256,
 )
 from benchmark.interfaces import SceneGraphDataset
 from benchmark.io import read_json, sha256_file
@@ -66,11 +66,6 @@ OPTIONS_NAME = "preprocess_options.json"  # optional, in the raw folder: non-def
 MAX_OBJECTS = 10
 USE_ORPHANED_OBJECTS = True
 INCLUDE_RELATIONSHIPS = True
-
-# The fixture's instance thresholds (per copy); every other threshold is sg2im's.
-FIXTURE_CONFIG = PreprocessConfig(
-    min_object_instances=2, min_attribute_instances=2, min_relationship_instances=2
-)
 
 
 def default_root() -> Path:
@@ -216,7 +211,7 @@ class VgDataset(SceneGraphDataset):
         self.image_paths = image_paths
         self.vg_image_ids: list[int] = [int(i) for i in arrays["image_ids"].tolist()]
         self.image_ids = [str(i) for i in self.vg_image_ids]
-        self.split_sha256 = ids_sha256(self.vg_image_ids)
+        self.split_sha256 = split_sha256(self.vg_image_ids)
         self._names = arrays["object_names"]
         self._boxes = arrays["object_boxes"]
         self._opi = arrays["objects_per_image"]
@@ -272,7 +267,7 @@ class VgDataset(SceneGraphDataset):
             )
         if manifest is not None:
             entry = manifest["splits"].get(split, {})
-            got = ids_sha256(arrays["image_ids"].tolist())
+            got = split_sha256(arrays["image_ids"].tolist())
             if entry.get("ids_sha256") != got or entry.get("num_images") != len(image_paths):
                 raise VGDataError(
                     f"vg: {h5_path} does not match {root / MANIFEST_NAME} (image ids sha256 {got[:16]}, "
@@ -504,333 +499,8 @@ class VgDataset(SceneGraphDataset):
 
     @classmethod
     def write_fixture(cls, root: Path, repeat: int = 1) -> None:
-        """Write a tiny raw VG copy (real v1.4 JSON layouts, alias files, split file, JPEGs); preprocess it.
+        """A tiny raw VG copy in the real v1.4 layouts, preprocessed, under ``root``
+        (:mod:`benchmark.data.fixtures.vg`); ``repeat`` > 1 appends copies with new ids (for benchmarks)."""
+        from benchmark.data.fixtures.vg import write_fixture
 
-        Everything goes to ``root`` (raw files and images as in sg2im's ``datasets/vg``, then the HDF5 files,
-        ``vocab.json``, ``manifest.json``), so ``build(split, size, root=root)`` works. The fixture exercises
-        every threshold and quirk of sg2im's preprocessing and loader (see ``tests/data/test_vg.py``); the
-        instance thresholds are 2 per copy (``preprocess_options.json``), all others are sg2im's. ``repeat``
-        > 1 appends copies with new ids that reuse the same JPEGs (for throughput measurements).
-        """
-        _write_fixture_raw(Path(root), repeat)
-        cfg = PreprocessConfig(
-            min_object_instances=FIXTURE_CONFIG.min_object_instances * repeat,
-            min_attribute_instances=FIXTURE_CONFIG.min_attribute_instances * repeat,
-            min_relationship_instances=FIXTURE_CONFIG.min_relationship_instances * repeat,
-        )
-        (Path(root) / OPTIONS_NAME).write_text(json.dumps(asdict(cfg), indent=1) + "\n", encoding="utf-8")
-        pp.preprocess(Path(root), Path(root), cfg)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Test fixture: a tiny raw Visual Genome copy in the real v1.4 file layouts
-
-_URL = "https://cs.stanford.edu/people/rak248/{folder}/{image_id}.jpg"
-_NO_KEY = "no attributes key"
-
-
-class _FixtureImage:
-    """One raw VG image: its image_data.json entry and its objects / attributes / relationships entries."""
-
-    def __init__(
-        self,
-        image_id: int,
-        split: str | None,
-        width: int = 320,
-        height: int = 240,
-        folder: str = "VG_100K",
-        mode: str = "RGB",
-    ) -> None:
-        self.image_id, self.split, self.width, self.height, self.folder, self.mode = (
-            image_id,
-            split,
-            width,
-            height,
-            folder,
-            mode,
-        )
-        self.objects: list[dict[str, Any]] = []
-        self.attributes: list[dict[str, Any]] = []
-        self.relationships: list[dict[str, Any]] = []
-
-    def obj(
-        self, names: list[str], x: int, y: int, w: int, h: int, attrs: list[str] | str | None = None
-    ) -> dict[str, Any]:
-        """An object (v1.4 fields); ``attrs`` None: no attributes.json entry, _NO_KEY: entry without key."""
-        synsets = [f"{names[0].strip().lower()}.n.01"]
-        oid = self.image_id * 100 + len(self.objects)
-        o = {"synsets": synsets, "h": h, "object_id": oid, "merged_object_ids": [],
-             "names": list(names), "w": w, "y": y, "x": x}  # fmt: skip
-        self.objects.append(o)
-        if attrs is not None:
-            a = {
-                "synsets": synsets,
-                "h": h,
-                "object_id": o["object_id"],
-                "names": list(names),
-                "w": w,
-                "y": y,
-                "x": x,
-            }
-            if attrs != _NO_KEY:
-                a["attributes"] = list(attrs)
-            self.attributes.append(a)
-        return o
-
-    def rel(self, subj: dict[str, Any], predicate: str, obj: dict[str, Any]) -> None:
-        """A v1.4 relationship: the subject carries ``name``, the object ``names`` (both occur in VG)."""
-        s = {k: subj[k] for k in ("object_id", "x", "y", "w", "h", "synsets")} | {"name": subj["names"][0]}
-        o = {k: obj[k] for k in ("object_id", "x", "y", "w", "h", "synsets", "merged_object_ids", "names")}
-        rid = self.image_id * 1000 + len(self.relationships)
-        self.relationships.append(
-            {"predicate": predicate, "object": o, "relationship_id": rid, "synsets": [], "subject": s}
-        )
-
-    def grid(
-        self, names: list[str], n: int, pred: str | None = "near", ring: bool = False
-    ) -> list[dict[str, Any]]:
-        """``n`` objects of >= 32 px on a grid, names cycling through ``names``; a chain (or ring) of pred."""
-        cols = max(1, int(np.ceil(np.sqrt(n * self.width / self.height))))
-        rows = int(np.ceil(n / cols))
-        cw, ch = self.width // cols, self.height // rows
-        objs = [
-            self.obj([names[k % len(names)]], (k % cols) * cw + 2, (k // cols) * ch + 2, cw - 4, ch - 4)
-            for k in range(n)
-        ]
-        if pred is not None:
-            for k in range(n - 1 + ring):
-                self.rel(objs[k], pred, objs[(k + 1) % n])
-        return objs
-
-
-def _fixture_images() -> list[_FixtureImage]:
-    """The base fixture; each image pins rules and quirks (tests/data/test_vg.py, datasets/vg/README.md)."""
-    out = []
-
-    def new(*args: Any, **kwargs: Any) -> _FixtureImage:
-        out.append(_FixtureImage(*args, **kwargs))
-        return out[-1]
-
-    # 1: base graph; alias shirts -> shirt; predicate "Wears " -> wearing (train); tiny only 10 px.
-    im = new(1, "train", folder="VG_100K_2")
-    man = im.obj(["man"], 20, 20, 100, 200, ["tall"])
-    shirt = im.obj(["shirts"], 40, 60, 50, 50, ["white", "white "])
-    tree = im.obj(["tree"], 150, 10, 150, 200, _NO_KEY)
-    tiny = im.obj(["tiny"], 5, 5, 10, 10, ["tall"])
-    im.rel(man, "Wears ", shirt)
-    im.rel(man, "near", tree)
-    im.rel(man, "holding", tiny)  # tiny is filtered: not counted for the predicate vocabulary
-    # 2: a set of names per object; duplicate relationship; "Tree" not lower-cased; "hat"+"hats" count once.
-    im = new(2, "train")
-    man = im.obj(["man", "dog"], 10, 10, 60, 120, ["tall", "tall"])
-    shirt = im.obj(["shirt", "shirts"], 30, 40, 40, 40, ["white"])
-    tree = im.obj(["tree"], 100, 10, 100, 150, ["green"])
-    big_tree = im.obj(["Tree"], 250, 10, 40, 40)
-    im.obj(["hat", "hats"], 200, 150, 40, 40)
-    im.rel(man, "WEARS", shirt)
-    im.rel(man, "near", tree)
-    im.rel(man, "near", tree)
-    im.rel(tree, "near", big_tree)
-    # 3: object size boundaries (32 kept, 31 dropped); first aliased name in the vocabulary; "  On " -> on.
-    im = new(3, "train")
-    a = im.obj(["man"], 0, 0, 32, 32)
-    b = im.obj(["tree"], 50, 0, 31, 100)
-    im.obj(["tree"], 100, 0, 100, 31)
-    d = im.obj(["dog"], 150, 100, 60, 60)
-    e = im.obj(["rare", "dog"], 220, 100, 50, 50)
-    f = im.obj(["shirt"], 10, 150, 40, 40, ["white ", " white"])
-    im.rel(a, "near", d)
-    im.rel(d, "behind", e)
-    im.rel(e, "  On ", f)
-    im.rel(b, "near", a)
-    # 4: min(height, width) == 200: kept.
-    im = new(4, "train", width=200, height=260, folder="VG_100K_2")
-    a, b, c = (
-        im.obj(["man"], 10, 10, 80, 150),
-        im.obj(["tree"], 100, 10, 90, 200),
-        im.obj(["dog"], 20, 180, 60, 60),
-    )
-    im.rel(a, "near", b)
-    im.rel(c, "on", b)
-    # 5: min side 199: dropped before any counting (ghost, brown, ghostrel never reach a vocabulary).
-    im = new(5, "train", width=199, height=300)
-    g = [im.obj(["ghost"], 10, 10 + 60 * k, 50, 50, ["brown"]) for k in range(3)]
-    im.rel(g[0], "ghostrel", g[1])
-    im.rel(g[1], "ghostrel", g[2])
-    # 6: two objects left after the size filter: too few objects (but its tiny still counts for the vocab).
-    im = new(6, "train")
-    a, b = im.obj(["man"], 10, 10, 80, 150), im.obj(["tree"], 100, 10, 100, 150)
-    im.obj(["tiny"], 5, 200, 10, 10)
-    im.rel(a, "near", b)
-    # 7: 12 objects in relationships (> max_objects - 1): the loader samples max_objects of them.
-    im = new(7, "train", width=480, height=360, folder="VG_100K_2")
-    im.grid(["tree", "man", "dog", "shirt"], 12)
-    for k in range(3):
-        im.obj(["dog"], 10 + 40 * k, 300, 36, 36)
-    # 8: exactly max_objects - 1 objects in relationships: no orphans added.
-    im = new(8, "train")
-    im.grid(["man", "tree", "dog"], 9)
-    im.obj(["shirt"], 270, 190, 40, 40, ["white "])
-    im.obj(["shirt"], 230, 190, 36, 36)
-    # 9: two related objects and five orphans: all orphans are added; holding counted once only.
-    im = new(9, "train")
-    a, b = im.obj(["man"], 10, 10, 80, 150), im.obj(["tree"], 100, 10, 100, 150)
-    im.rel(a, "on", b)
-    im.rel(a, "holding", b)
-    for k, name in enumerate(["cat", "dog", "dog", "shirt", "shirt"]):
-        im.obj([name], 210 + 50 * (k % 2), 10 + 45 * k // 2, 40, 40)
-    # 10: 30 objects and 30 relationships: the maxima are inclusive.
-    im = new(10, "train")
-    im.grid(["tree", "dog"], 30, ring=True)
-    # 11: 31 objects: too many objects.
-    im = new(11, "train", width=480, height=360)
-    im.grid(["man", "tree"], 31)
-    # 12: 31 relationships: too many relationships.
-    im = new(12, "train")
-    a, b = im.obj(["man"], 10, 10, 80, 150), im.obj(["tree"], 100, 10, 100, 150)
-    im.obj(["dog"], 220, 150, 60, 60)
-    for _ in range(31):
-        im.rel(a, "near", b)
-    # 13: its only relationship has a predicate outside the vocabulary: too few relationships.
-    im = new(13, "train")
-    a, b = im.obj(["man"], 10, 10, 80, 150), im.obj(["tree"], 100, 10, 100, 150)
-    im.obj(["dog"], 220, 150, 60, 60)
-    im.rel(a, "beside", b)
-    # 14: 35 listed vocabulary attributes: 30 kept; "cat" reaches exactly the threshold.
-    im = new(14, "train")
-    a = im.obj(["man"], 10, 10, 80, 150, ["tall"] * 20 + ["green"] * 15)
-    b = im.obj(["tree"], 100, 10, 100, 150, ["green"])
-    c = im.obj(["cat"], 220, 150, 60, 60, ["tall"])
-    im.rel(a, "near", b)
-    im.rel(c, "on", b)
-    # 15: exactly max_objects objects in relationships: sampled too (a permutation of all of them).
-    im = new(15, "train")
-    im.grid(["dog", "man", "tree"], 10)
-    # 99: in no split: ignored.
-    im = new(99, None)
-    im.grid(["phantom"], 5)
-    # val 20: raw predicates: "Wears " and "NEAR" are dropped, "near" kept; valonly/shiny never in a vocab.
-    im = new(20, "val")
-    man, shirt = im.obj(["man"], 10, 10, 80, 150), im.obj(["shirt"], 30, 40, 40, 40, ["white"])
-    tree, dog = im.obj(["tree"], 120, 10, 100, 150, ["green"]), im.obj(["dog"], 240, 150, 60, 60)
-    for k in range(3):
-        im.obj(["valonly"], 10 + 45 * k, 190, 40, 40, ["shiny"])
-    im.rel(man, "Wears ", shirt)
-    im.rel(man, "near", tree)
-    im.rel(man, "NEAR", dog)
-    # val 21: the normalised spelling is found in val too.
-    im = new(21, "val", folder="VG_100K_2")
-    man, shirt, tree = (
-        im.obj(["man"], 10, 10, 80, 150),
-        im.obj(["shirt"], 30, 40, 40, 40),
-        im.obj(["tree"], 120, 10, 100, 150),
-    )
-    im.rel(man, "wearing", shirt)
-    im.rel(man, "near", tree)
-    # val 22: too small.
-    im = new(22, "val", width=150, height=600)
-    im.grid(["man", "tree", "dog"], 3)
-    # test 30: raw "Wears " dropped, the rest kept.
-    im = new(30, "test", folder="VG_100K_2")
-    man, shirt = im.obj(["man"], 20, 20, 100, 200, ["tall"]), im.obj(["shirts"], 40, 60, 50, 50)
-    tree, dog = im.obj(["tree"], 150, 10, 150, 200), im.obj(["dog"], 240, 170, 60, 60)
-    im.rel(man, "Wears ", shirt)
-    im.rel(man, "near", tree)
-    im.rel(man, "on", dog)
-    # test 31: its only relationship is "Wears ": too few relationships in test (kept if it were train).
-    im = new(31, "test")
-    man, shirt = im.obj(["man"], 20, 20, 100, 200), im.obj(["shirt"], 40, 60, 50, 50)
-    im.obj(["tree"], 150, 10, 150, 200)
-    im.rel(man, "Wears ", shirt)
-    # test 32: a greyscale JPEG (converted to RGB) with one orphan.
-    im = new(32, "test", mode="L")
-    man, tree, dog = (
-        im.obj(["man"], 10, 10, 80, 150),
-        im.obj(["tree"], 100, 10, 100, 150),
-        im.obj(["dog"], 220, 150, 60, 60),
-    )
-    im.obj(["shirt"], 240, 20, 40, 40)
-    im.rel(man, "near", tree)
-    im.rel(dog, "on", tree)
-    # test 33: a box that crosses the image border (x + w > width): not clamped.
-    im = new(33, "test")
-    man, tree, dog = (
-        im.obj(["man"], 250, 100, 100, 200),
-        im.obj(["tree"], 10, 10, 100, 150),
-        im.obj(["dog"], 120, 150, 60, 60),
-    )
-    im.rel(man, "near", tree)
-    im.rel(dog, "on", tree)
-    return out
-
-
-_FIXTURE_SPLIT_ORDER = {
-    "train": [7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15],
-    "val": [21, 20, 22],
-    "test": [30, 31, 32, 33],
-}
-
-
-def _draw(im: _FixtureImage) -> Image.Image:
-    """A small JPEG-able picture: a gradient background and one filled rectangle per object."""
-    rng = np.random.default_rng(im.image_id)
-    yy, xx = np.mgrid[0 : im.height, 0 : im.width]
-    base = rng.integers(40, 200, size=3)
-    pix = np.stack(
-        [(base[c] + 50 * np.sin(xx / (17 + 5 * c)) + 30 * np.cos(yy / 23)) for c in range(3)], axis=-1
-    )
-    for o in im.objects:
-        x0, y0 = max(o["x"], 0), max(o["y"], 0)
-        pix[y0 : o["y"] + o["h"], x0 : o["x"] + o["w"]] = rng.integers(0, 256, size=3)
-    img = Image.fromarray(np.clip(pix, 0, 255).astype(np.uint8), "RGB")
-    return img.convert(im.mode)
-
-
-def _write_fixture_raw(root: Path, repeat: int = 1) -> None:
-    """The raw files of the fixture in ``root``: the four JSONs, two alias files, vg_splits.json, images/."""
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"vg fixture: repeat must be a positive integer, got {repeat!r}")
-    base = _fixture_images()
-    root.mkdir(parents=True, exist_ok=True)
-    for im in base:
-        path = root / IMAGE_DIR_NAME / im.folder / f"{im.image_id}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _draw(im).save(path, quality=90)
-    image_data, objects, attributes, relationships = [], [], [], []
-    splits: dict[str, list[int]] = {s: [] for s in _FIXTURE_SPLIT_ORDER}
-    for k in range(repeat):
-        for im in base:
-            image_id = im.image_id + 1000 * k
-
-            def shift(d: dict[str, Any], k: int = k) -> dict[str, Any]:
-                d = json.loads(json.dumps(d))
-                for key in ("object_id", "relationship_id"):
-                    if key in d:
-                        d[key] += 10**7 * k
-                for key in ("subject", "object"):
-                    if key in d:
-                        d[key]["object_id"] += 10**7 * k
-                return d
-
-            url = _URL.format(folder=im.folder, image_id=im.image_id)
-            image_data.append({"width": im.width, "url": url, "height": im.height, "image_id": image_id,
-                               "coco_id": None, "flickr_id": None})  # fmt: skip
-            objects.append(
-                {"image_id": image_id, "objects": [shift(o) for o in im.objects], "image_url": url}
-            )
-            attributes.append({"image_id": image_id, "attributes": [shift(a) for a in im.attributes]})
-            relationships.append(
-                {"image_id": image_id, "relationships": [shift(r) for r in im.relationships]}
-            )
-        for split, ids in _FIXTURE_SPLIT_ORDER.items():
-            splits[split] += [i + 1000 * k for i in ids]
-    for name, data in (
-        ("image_data.json", image_data),
-        ("objects.json", objects),
-        ("attributes.json", attributes),
-        ("relationships.json", relationships),
-        ("vg_splits.json", splits),
-    ):
-        (root / name).write_text(json.dumps(data), encoding="utf-8")
-    (root / "object_alias.txt").write_text("shirt,shirts\nhat, hats\n", encoding="utf-8")
-    (root / "relationship_alias.txt").write_text("wearing,wears\non,on top of\n", encoding="utf-8")
+        write_fixture(Path(root), repeat)

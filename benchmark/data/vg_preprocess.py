@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from benchmark.data.packing import split_sha256
+from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 
 SPLIT_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
@@ -573,11 +574,6 @@ def vocab_dict(object_names: list[str], attribute_names: list[str], pred_names: 
     }
 
 
-def ids_sha256(image_ids: Sequence[int]) -> str:
-    """The split manifest hash: sha256 of the sorted integer image ids as compact JSON."""
-    return sha256_json(sorted(int(i) for i in image_ids))
-
-
 def _compare(label: str, got: dict[str, int], expected: dict[str, int]) -> list[str]:
     return [f"{s} {got.get(s)} != {expected[s]} ({label})" for s in expected if got.get(s) != expected[s]]
 
@@ -695,7 +691,7 @@ def preprocess(
             "skipped": res.skip_stats,
             "num_objects": int(a["objects_per_image"].sum()),
             "num_relationships": int(a["relationships_per_image"].sum()),
-            "ids_sha256": ids_sha256(ids),
+            "ids_sha256": split_sha256(ids),
             "h5_sha256": sha256_file(h5_path),
             "image_ids_sorted": sorted(ids),
         }

@@ -1,7 +1,7 @@
 """Tests of the Visual Genome loader and preprocessing (benchmark/data/vg.py, vg_preprocess.py).
 
 Every rule and quirk of google/sg2im ``scripts/preprocess_vg.py`` and ``sg2im/data/vg.py`` is pinned on the
-fixture written by ``VgDataset.write_fixture`` (image ids: see ``benchmark.data.vg._fixture_images``).
+fixture written by ``VgDataset.write_fixture`` (image ids: see ``benchmark.data.fixtures.vg._fixture_images``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from PIL import Image
 from benchmark import registry
 from benchmark.batch import collate
 from benchmark.data import vg_preprocess as pp
-from benchmark.data.vg import FIXTURE_CONFIG, MAX_OBJECTS, VgDataset, natural_phrase, read_h5
+from benchmark.data.fixtures.vg import FIXTURE_CONFIG
+from benchmark.data.vg import MAX_OBJECTS, VgDataset, natural_phrase, read_h5
 from benchmark.data.vg_preprocess import (
     H5_DATASETS,
     SG2IM_DEFAULTS,
