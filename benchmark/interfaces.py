@@ -69,6 +69,17 @@ class SceneGraphDataset(torch.utils.data.Dataset, abc.ABC):
         """Check/prepare the data on disk; return a human-readable report. Raises with what is missing."""
         ...
 
+    @classmethod
+    @abc.abstractmethod
+    def write_fixture(cls, root: Path) -> None:
+        """Write a tiny copy of the dataset under ``root`` in its exact on-disk format, so that
+        ``build(split, size, root=root)`` (or ``SG2I_DATA_ROOT`` pointing at ``root``'s parent) works offline.
+
+        The registry-generated tests train every method on every dataset's fixture; a generated dataset
+        that needs no files writes nothing. Extra keyword options may scale the fixture for benchmarks.
+        """
+        ...
+
     def phrases(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Natural phrases for objects and predicates (default: the vocabulary names, underscores to spaces)."""
         clean = lambda n: n.replace("_", " ").strip()  # noqa: E731

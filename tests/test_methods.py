@@ -1,6 +1,7 @@
 """Generated from the registries: every method on every dataset fixture trains, samples and is deterministic.
 
-Datasets that need downloaded data provide ``write_fixture(root)``: a tiny copy in the exact on-disk format.
+Every dataset writes its fixture with ``write_fixture(root)`` (``SceneGraphDataset``): a tiny copy in the exact
+on-disk format (nothing for a generated dataset).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ CASES = [(m, d) for m in registry.names("method") for d in DATASETS]
 def fixture_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data_root")
     for name in DATASETS:
-        cls = registry.get("dataset", name)
-        if hasattr(cls, "write_fixture"):
-            cls.write_fixture(root / name)
+        registry.get("dataset", name).write_fixture(root / name)
     return root
 
 

@@ -606,6 +606,11 @@ class ShapesDataset(PackedDataset):
             lines.append(f"  (raw={raw} ignored: shapes is generated, not downloaded)")
         return "\n".join(lines)
 
+    @classmethod
+    def write_fixture(cls, root: Path) -> None:
+        """Nothing to write: shapes is generated from its committed split files (``datasets/shapes``), at
+        full size, and cached on first use (``root`` is not used)."""
+
     def object_factors(self) -> list[tuple[str, ...]]:
         """Per vocabulary index, the factors (colour, shape) of the object; ``__image__`` -> itself twice."""
         return [object_factors(n) for n in self.vocab.object_idx_to_name]

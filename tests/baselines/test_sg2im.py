@@ -238,12 +238,10 @@ def test_generator_loss_is_the_weighted_sum_of_named_terms(shapes):
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
-    """Tiny on-disk copies of the datasets that need downloaded data (their ``write_fixture``)."""
+    """Tiny on-disk copies of every dataset (``SceneGraphDataset.write_fixture``)."""
     root = tmp_path_factory.mktemp("data_root")
     for name in DATASETS:
-        cls = registry.get("dataset", name)
-        if hasattr(cls, "write_fixture"):
-            cls.write_fixture(root / name)
+        registry.get("dataset", name).write_fixture(root / name)
     return root
 
 
