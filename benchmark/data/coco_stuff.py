@@ -32,7 +32,7 @@ comments of that file:
   ``[x / WW, y / HH, (x + w) / WW, (y + h) / HH]`` as float32; masks: the segmentation decoded with
   pycocotools at ``(HH, WW)`` (polygons merged, uncompressed RLE via ``frPyObjects``, compressed RLE as
   is), cropped to ``[round(y):round(y + h), round(x):round(x + w)]`` (at least 1 px),
-  ``skimage.transform.resize(255.0 * crop, (16, 16), mode='constant') > 128`` (:func:`resize_mask`); the
+  ``skimage.transform.resize(255.0 * crop, (16, 16), mode='constant') > 128`` (:func:`~benchmark.data.coco_format.resize_mask`); the
   ``__image__`` node (box ``[0, 0, 1, 1]``, all-ones mask) last; one synthetic geometric triple per object
   (:func:`scene_triples`), then ``(i, __in_image__, __image__)`` for every object.
 
@@ -53,7 +53,6 @@ dataset; ``split_version`` is the split-definition version of the protocol (``1.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -69,6 +68,19 @@ import torch
 from PIL import Image
 
 from benchmark.batch import SceneGraphItem
+from benchmark.data.coco_format import (
+    CATEGORIES,
+    MASK_SIZE,
+    _check_categories,
+    _is_int,
+    _is_num,
+    _load_coco,
+    crop_to_box,
+    decode_segmentation,
+    mask_centres,
+    predicate,
+    resize_mask,
+)
 from benchmark.data.packing import check_index, read_npz, split_sha256, write_npz
 from benchmark.data.packing import progress as progress_bar
 from benchmark.interfaces import SceneGraphDataset
@@ -80,7 +92,6 @@ from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, Vocab
 DATASET = "coco_stuff"
 SPLIT_VERSION = "1.0"  # version of the split definition below (= "split_version" of the protocol files)
 INDEX_VERSION = "1"  # bump on any change to the index contents; stale indexes are rebuilt
-MASK_SIZE = 16
 MIN_OBJECT_SIZE = 0.02  # sg2im train.py --min_object_size
 MIN_OBJECTS = 3  # sg2im train.py --min_objects_per_image
 MAX_OBJECTS = 8  # CocoSceneGraphDataset default; train.py's --max_objects_per_image (10) is VG-only
@@ -94,62 +105,8 @@ IMAGE_CACHE_SIZES = (
 )  # prepare stores the resized images at the protocols' size (other sizes decode per item)
 
 # ---------------------------------------------------------------------------------------------------------
-# Vocabulary: the categories of instances_*2017.json (80 things) and stuff_*2017.json (91 stuff + other)
+# Vocabulary: COCO category ids are the object indices (benchmark.data.coco_format.CATEGORIES)
 
-# fmt: off
-THING_CATEGORIES: tuple[tuple[int, str, str], ...] = (
-    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"), (4, "motorcycle", "vehicle"),
-    (5, "airplane", "vehicle"), (6, "bus", "vehicle"), (7, "train", "vehicle"), (8, "truck", "vehicle"),
-    (9, "boat", "vehicle"), (10, "traffic light", "outdoor"), (11, "fire hydrant", "outdoor"),
-    (13, "stop sign", "outdoor"), (14, "parking meter", "outdoor"), (15, "bench", "outdoor"),
-    (16, "bird", "animal"), (17, "cat", "animal"), (18, "dog", "animal"), (19, "horse", "animal"),
-    (20, "sheep", "animal"), (21, "cow", "animal"), (22, "elephant", "animal"), (23, "bear", "animal"),
-    (24, "zebra", "animal"), (25, "giraffe", "animal"), (27, "backpack", "accessory"),
-    (28, "umbrella", "accessory"), (31, "handbag", "accessory"), (32, "tie", "accessory"),
-    (33, "suitcase", "accessory"), (34, "frisbee", "sports"), (35, "skis", "sports"),
-    (36, "snowboard", "sports"), (37, "sports ball", "sports"), (38, "kite", "sports"),
-    (39, "baseball bat", "sports"), (40, "baseball glove", "sports"), (41, "skateboard", "sports"),
-    (42, "surfboard", "sports"), (43, "tennis racket", "sports"), (44, "bottle", "kitchen"),
-    (46, "wine glass", "kitchen"), (47, "cup", "kitchen"), (48, "fork", "kitchen"), (49, "knife", "kitchen"),
-    (50, "spoon", "kitchen"), (51, "bowl", "kitchen"), (52, "banana", "food"), (53, "apple", "food"),
-    (54, "sandwich", "food"), (55, "orange", "food"), (56, "broccoli", "food"), (57, "carrot", "food"),
-    (58, "hot dog", "food"), (59, "pizza", "food"), (60, "donut", "food"), (61, "cake", "food"),
-    (62, "chair", "furniture"), (63, "couch", "furniture"), (64, "potted plant", "furniture"),
-    (65, "bed", "furniture"), (67, "dining table", "furniture"), (70, "toilet", "furniture"),
-    (72, "tv", "electronic"), (73, "laptop", "electronic"), (74, "mouse", "electronic"),
-    (75, "remote", "electronic"), (76, "keyboard", "electronic"), (77, "cell phone", "electronic"),
-    (78, "microwave", "appliance"), (79, "oven", "appliance"), (80, "toaster", "appliance"),
-    (81, "sink", "appliance"), (82, "refrigerator", "appliance"), (84, "book", "indoor"),
-    (85, "clock", "indoor"), (86, "vase", "indoor"), (87, "scissors", "indoor"), (88, "teddy bear", "indoor"),
-    (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
-)
-# Stuff ids 92..182 in order (nightrome/cocostuff labels.txt) and 183 "other"; supercategories are never read.
-_STUFF = (
-    "banner:textile blanket:textile branch:plant bridge:building building-other:building bush:plant "
-    "cabinet:furniture-stuff cage:structural cardboard:raw-material carpet:floor ceiling-other:ceiling "
-    "ceiling-tile:ceiling cloth:textile clothes:textile clouds:sky counter:furniture-stuff "
-    "cupboard:furniture-stuff curtain:textile desk-stuff:furniture-stuff dirt:ground "
-    "door-stuff:furniture-stuff fence:structural floor-marble:floor floor-other:floor floor-stone:floor "
-    "floor-tile:floor floor-wood:floor flower:plant fog:water food-other:food-stuff fruit:food-stuff "
-    "furniture-other:furniture-stuff grass:plant gravel:ground ground-other:ground hill:solid "
-    "house:building leaves:plant light:furniture-stuff mat:textile metal:raw-material "
-    "mirror-stuff:furniture-stuff moss:plant mountain:solid mud:ground napkin:textile net:structural "
-    "paper:raw-material pavement:ground pillow:textile plant-other:plant plastic:raw-material "
-    "platform:ground playingfield:ground railing:structural railroad:ground river:water road:ground "
-    "rock:solid roof:building rug:textile salad:food-stuff sand:ground sea:water shelf:furniture-stuff "
-    "sky-other:sky skyscraper:building snow:ground solid-other:solid stairs:furniture-stuff stone:solid "
-    "straw:plant structural-other:structural table:furniture-stuff tent:building textile-other:textile "
-    "towel:textile tree:plant vegetable:food-stuff wall-brick:wall wall-concrete:wall wall-other:wall "
-    "wall-panel:wall wall-stone:wall wall-tile:wall wall-wood:wall water-other:water waterdrops:water "
-    "window-blind:window window-other:window wood:solid"
-)
-# fmt: on
-STUFF_CATEGORIES: tuple[tuple[int, str, str], ...] = (
-    *((92 + i, *entry.split(":")) for i, entry in enumerate(_STUFF.split())),  # type: ignore[misc]
-    (183, "other", "other"),
-)
-CATEGORIES: dict[int, str] = {cid: name for cid, name, _ in THING_CATEGORIES + STUFF_CATEGORIES}
-_CATEGORY_ID = {name: cid for cid, name in CATEGORIES.items()}
 OBJECT_NAMES: tuple[str, ...] = tuple(
     IMAGE_TOKEN if i == 0 else CATEGORIES.get(i, f"__none_{i}__") for i in range(1 + max(CATEGORIES))
 )
@@ -273,136 +230,7 @@ class SplitSizes:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Geometry: mask crop + resize, mask centres, the relation rule
-
-
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Linear-interpolation taps of one axis: output i samples input ``(i + 0.5) * n_in / n_out - 0.5``;
-    neighbours outside ``[0, n_in)`` have weight 0 (``mode='constant'``, ``cval=0``)."""
-    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    i0 = np.floor(x).astype(np.intp)
-    t = x - i0
-    i1 = i0 + 1
-    w0 = np.where(i0 >= 0, 1.0 - t, 0.0)
-    w1 = np.where(i1 < n_in, t, 0.0)
-    return np.clip(i0, 0, n_in - 1), w0, np.clip(i1, 0, n_in - 1), w1
-
-
-def resize_mask(crop: np.ndarray, size: int = MASK_SIZE, anti_aliasing: bool = False) -> np.ndarray:
-    """``skimage.transform.resize(255.0 * crop, (size, size), mode='constant') > 128`` without scikit-image.
-
-    sg2im (``__getitem__``, the ``imresize`` call, line 281 at the commit of issue #5) pins scikit-image
-    0.14.0, whose ``resize`` does no anti-aliasing: bilinear sampling at ``(i + 0.5) * scale - 0.5`` with
-    zeros outside the crop, then ``clip=True`` clips to the crop's own [min, max] (so an all-ones crop stays
-    all ones). ``anti_aliasing=True`` reproduces today's scikit-image default instead (a Gaussian blur with
-    ``sigma = max(0, (scale - 1) / 2)``, zero padding, before the sampling). Both are checked bit for bit
-    against scikit-image 0.26 in the tests. Returns a bool ``[size, size]`` array; ``crop`` is a 2-D 0/1
-    array.
-    """
-    crop = np.asarray(crop)
-    if crop.ndim != 2 or crop.size == 0:
-        raise ValueError(f"resize_mask: expected a non-empty 2-D mask crop, got shape {crop.shape}")
-    lo, hi = crop.min(), crop.max()
-    if lo == hi:  # clip=True: the output range is the input's single value
-        return np.full((size, size), bool(lo > 0))
-    img = 255.0 * crop.astype(np.float64)
-    h, w = img.shape
-    if anti_aliasing:
-        from scipy import ndimage
-
-        sigma = np.maximum(0.0, (np.array([h, w]) / size - 1.0) / 2.0)
-        img = ndimage.gaussian_filter(img, sigma, mode="constant", cval=0.0)
-    r0, rw0, r1, rw1 = _axis_weights(h, size)
-    c0, cw0, c1, cw1 = _axis_weights(w, size)
-    rows = rw0[:, None] * img[r0] + rw1[:, None] * img[r1]
-    out = rows[:, c0] * cw0[None, :] + rows[:, c1] * cw1[None, :]
-    return out > 128
-
-
-def crop_to_box(mask: np.ndarray, bbox: Sequence[float]) -> np.ndarray:
-    """The part of a full-image mask under a COCO ``[x, y, w, h]`` box, as sg2im crops it (``__getitem__``):
-    ``mask[round(y):round(y + h), round(x):round(x + w)]`` with Python's round (half to even) and at least one
-    row and column; the slice is empty only for a box that lies outside the mask."""
-    x, y, w, h = (float(v) for v in bbox)
-    mx0, mx1 = int(round(x)), int(round(x + w))
-    my0, my1 = int(round(y)), int(round(y + h))
-    mx1 = max(mx0 + 1, mx1)
-    my1 = max(my0 + 1, my1)
-    return mask[my0:my1, mx0:mx1]
-
-
-def decode_segmentation(seg: Any, width: int, height: int) -> np.ndarray:
-    """Full ``[height, width]`` uint8 mask of a COCO segmentation (sg2im ``seg_to_mask``): polygons are
-    rasterised at (height, width) and merged, uncompressed RLE goes through ``frPyObjects`` and compressed RLE
-    is decoded as is (both at their own ``size``). Raises ValueError for anything else."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):
-        if not seg or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
-            raise ValueError(
-                "polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] (>= 3 points)"
-            )
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, dict) and isinstance(seg.get("size"), list) and len(seg["size"]) == 2:
-        counts = seg.get("counts")
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects(seg, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = seg
-        else:
-            raise ValueError("RLE 'counts' must be a list of ints or a compressed string")
-    else:
-        raise ValueError("expected a polygon list or an RLE {'counts': ..., 'size': [h, w]}")
-    with warnings.catch_warnings():  # pycocotools 2.0 passes copy=False to np.array (numpy 2 deprecation)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle)
-
-
-def mask_centres(boxes: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """float32 ``[K, 2]`` object centres computed with torch exactly as sg2im does ("Compute centers of all
-    objects"): the mean of ``linspace(x0, x1, M)`` / ``linspace(y0, y1, M)`` (float32) over the mask cells,
-    or ``0.5 * (x0 + x1)`` / ``0.5 * (y0 + y1)`` for an empty mask. ``boxes``: float32 [K, 4]; ``masks``:
-    [K, M, M]."""
-    out = np.empty((len(boxes), 2), dtype=np.float32)
-    bt = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
-    mt = torch.from_numpy(np.ascontiguousarray(masks) > 0)
-    mh, mw = mt.shape[1:]
-    for k in range(len(bt)):
-        x0, y0, x1, y1 = bt[k]
-        m = mt[k]
-        if m.sum() == 0:
-            cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-        else:
-            xs = torch.linspace(float(x0), float(x1), mw).view(1, mw).expand(mh, mw)
-            ys = torch.linspace(float(y0), float(y1), mh).view(mh, 1).expand(mh, mw)
-            cx, cy = xs[m].mean(), ys[m].mean()
-        out[k] = (float(cx), float(cy))
-    return out
-
-
-def predicate(box_s: np.ndarray, box_o: np.ndarray, centre_s: np.ndarray, centre_o: np.ndarray) -> str:
-    """sg2im's geometric predicate for subject s and object o ("Check for inside / surrounding"), first match:
-    ``surrounding`` if box s strictly contains box o, ``inside`` if the reverse, else by
-    ``theta = atan2(dy, dx)`` of ``d = centre_s - centre_o`` (float32, image y down): ``left of`` if
-    ``theta >= 3pi/4 or theta <= -3pi/4``, ``above`` if ``-3pi/4 <= theta < -pi/4``, ``right of`` if
-    ``-pi/4 <= theta < pi/4``, ``below`` otherwise. Boxes ``(x0, y0, x1, y1)`` and centres as float32, like
-    sg2im's FloatTensors, so the result is bit-identical (``benchmark.data.shapes.relation_from_geometry`` is
-    the same rule in float64 from masks, exact only away from the thresholds)."""
-    sx0, sy0, sx1, sy1 = np.asarray(box_s, dtype=np.float32)
-    ox0, oy0, ox1, oy1 = np.asarray(box_o, dtype=np.float32)
-    if sx0 < ox0 and sx1 > ox1 and sy0 < oy0 and sy1 > oy1:
-        return "surrounding"
-    if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
-        return "inside"
-    d = np.asarray(centre_s, dtype=np.float32) - np.asarray(centre_o, dtype=np.float32)
-    theta = math.atan2(float(d[1]), float(d[0]))
-    if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
-        return "left of"
-    if -3 * math.pi / 4 <= theta < -math.pi / 4:
-        return "above"
-    if -math.pi / 4 <= theta < math.pi / 4:
-        return "right of"
-    return "below"
+# The synthetic relations
 
 
 def relation_rng(image_id: str) -> random.Random:
@@ -431,55 +259,6 @@ def scene_triples(rng: random.Random, boxes: np.ndarray, centres: np.ndarray) ->
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading and filtering the raw files
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _load_coco(path: Path, what: str, keys: Sequence[str]) -> dict[str, Any]:
-    data = read_json(path, what)
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {path}: expected a JSON object with fields {list(keys)}")
-    for key in keys:
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{what} {path}: field {key!r} is missing or not a list")
-    return data
-
-
-def _file_categories(path: Path, cats: list[Any]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for k, c in enumerate(cats):
-        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
-            raise ValueError(f"{path}: categories[{k}] must have an integer 'id' and a string 'name'")
-        out[c["id"]] = c["name"]
-    return out
-
-
-def _check_categories(files: Sequence[tuple[Path, list[Any]]]) -> dict[int, str]:
-    """The union of the files' categories; it must be COCO-Stuff's (ids 1..183 as in ``CATEGORIES``)."""
-    union: dict[int, str] = {}
-    for path, cats in files:
-        for cid, name in _file_categories(path, cats).items():
-            if CATEGORIES.get(cid) != name:
-                want = f"{CATEGORIES[cid]!r}" if cid in CATEGORIES else "no category (not a COCO-Stuff id)"
-                raise ValueError(
-                    f"{path}: field 'categories': id {cid} is named {name!r}, COCO-Stuff has {want}"
-                )
-            union[cid] = name
-    missing = sorted(set(CATEGORIES) - set(union))
-    if missing:
-        names = ", ".join(f"{i} {CATEGORIES[i]!r}" for i in missing[:8])
-        raise ValueError(
-            f"field 'categories' of {' + '.join(str(p) for p, _ in files)}: "
-            f"{len(missing)} COCO-Stuff categories missing ({names}{', ...' if len(missing) > 8 else ''}); "
-            "the vocabulary needs all 172"
-        )
-    return union
 
 
 def read_ids_file(path: Path) -> set[int]:
@@ -821,12 +600,13 @@ def _read_index(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     return a
 
 
-def _part(ids: list[str], part: str, sizes: SplitSizes) -> list[str]:
+def _part(part: str, sizes: SplitSizes) -> slice:
+    """The rows of a filtered image list that a split takes (``SplitDef.part``)."""
     if part == "head":
-        return ids[: sizes.num_val]
+        return slice(0, sizes.num_val)
     if part == "after_head":
-        return ids[sizes.num_val : sizes.num_val + sizes.num_test]
-    return ids
+        return slice(sizes.num_val, sizes.num_val + sizes.num_test)
+    return slice(None)
 
 
 def _input_status(raw: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -887,7 +667,7 @@ def prepare_root(root: Path, raw: Path, progress: bool = True) -> tuple[dict[str
         for split, sd in SPLITS.items():
             if sd.source != src.name:
                 continue
-            ids = _part([str(i) for i in arrays[sd.mode]["image_id"].tolist()], sd.part, sizes)
+            ids = [str(i) for i in arrays[sd.mode]["image_id"].tolist()][_part(sd.part, sizes)]
             expected = sizes.expected.get(split)
             record = {
                 "dataset": DATASET,
@@ -1134,11 +914,7 @@ class CocoStuffDataset(SceneGraphDataset):
                             f"coco_stuff: freshly prepared files under {root} do not read back: {e}"
                         ) from e
         sizes = SplitSizes(**manifest["sizes"])
-        rows = np.arange(len(arrays["image_id"]))
-        if sd.part == "head":
-            rows = rows[: sizes.num_val]
-        elif sd.part == "after_head":
-            rows = rows[sizes.num_val : sizes.num_val + sizes.num_test]
+        rows = np.arange(len(arrays["image_id"]))[_part(sd.part, sizes)]
         rec = manifest["splits"][split]
         if rec["count_mismatch"]:
             warnings.warn(

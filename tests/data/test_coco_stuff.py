@@ -22,18 +22,10 @@ from PIL import Image
 
 from benchmark import registry
 from benchmark.batch import collate
+from benchmark.data import coco_format as cf
 from benchmark.data import coco_stuff as cs
-from benchmark.data.coco_stuff import (
-    OBJECT_NAMES,
-    PREDICATES,
-    RELATION_SEED,
-    SPLITS,
-    CocoStuffDataset,
-    crop_to_box,
-    mask_centres,
-    predicate,
-    resize_mask,
-)
+from benchmark.data.coco_format import crop_to_box, mask_centres, predicate, resize_mask
+from benchmark.data.coco_stuff import OBJECT_NAMES, PREDICATES, RELATION_SEED, SPLITS, CocoStuffDataset
 from benchmark.data.fixtures.coco_stuff import FIXTURE_KEPT
 from benchmark.io import read_json
 from benchmark.paths import assets_dir
@@ -103,7 +95,7 @@ def test_vocabulary_184_objects_7_predicates() -> None:
     assert gaps == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91]
     assert OBJECT_NAMES[1] == "person" and OBJECT_NAMES[90] == "toothbrush"
     assert OBJECT_NAMES[92] == "banner" and OBJECT_NAMES[182] == "wood" and OBJECT_NAMES[183] == "other"
-    assert len(cs.THING_CATEGORIES) == 80 and len(cs.STUFF_CATEGORIES) == 92
+    assert len(cf.THING_CATEGORIES) == 80 and len(cf.STUFF_CATEGORIES) == 92
     assert len(set(OBJECT_NAMES)) == 184
     # The committed vocabulary file is the code's.
     assert cs.VOCAB.to_json() == {
@@ -286,7 +278,7 @@ def test_mask_crop_and_resize_on_fixture(fixture_root: Path) -> None:
     assert item.masks[1].eq(1).all() and item.masks.dtype == torch.float32
     assert item.masks[-1].eq(1).all()  # __image__
     bus = next(a for a in anns if a["image_id"] == 1353 and a["category_id"] == 6)
-    full = cs.decode_segmentation(bus["segmentation"], 80, 60)  # polygon rasterised at the file size
+    full = cf.decode_segmentation(bus["segmentation"], 80, 60)  # polygon rasterised at the file size
     assert full.shape == (60, 80)
     x, y, w, h = bus["bbox"]
     crop = full[round(y) : round(y + h), round(x) : round(x + w)]
