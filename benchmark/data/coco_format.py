@@ -1,15 +1,18 @@
 """The COCO 2017 / COCO-Stuff 2017 files as google/sg2im reads them (``sg2im/data/coco.py``, commit 2638373).
 
 The category table of the releases (80 things in ``instances_*2017.json``, 91 stuff + ``other`` in
-``stuff_*2017.json``), checks of their JSON fields, and what sg2im computes per object: the segmentation
-decoded with pycocotools, cropped to the box and resized to 16 x 16 as scikit-image 0.14 did, the mask
-centre and the geometric predicate between two objects. :mod:`benchmark.data.coco_stuff` builds the dataset
-from these; the fixture writer (:mod:`benchmark.data.fixtures.coco_stuff`) draws its images with them.
+``stuff_*2017.json``), checks of their JSON fields and of the challenge id files, and what sg2im computes
+per object and image: the segmentation decoded with pycocotools, cropped to the box and resized to 16 x 16
+as scikit-image 0.14 did, the mask centre, the geometric predicate between two objects, the synthetic
+triples of an image and its pixels (PIL bilinear resize). :mod:`benchmark.data.coco_stuff` builds the
+dataset (filters, splits, prepared index, items) from these; the fixture writer
+(:mod:`benchmark.data.fixtures.coco_stuff`) uses the same tables.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,13 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from benchmark.io import read_json
+from benchmark.scene_graph import IN_IMAGE
 
 MASK_SIZE = 16  # sg2im CocoSceneGraphDataset mask_size
 
 # ---------------------------------------------------------------------------------------------------------
-# Vocabulary: the categories of instances_*2017.json (80 things) and stuff_*2017.json (91 stuff + other)
+# Categories of instances_*2017.json (80 things) and stuff_*2017.json (91 stuff + other)
 
 # fmt: off
 THING_CATEGORIES: tuple[tuple[int, str, str], ...] = (
@@ -79,6 +84,10 @@ STUFF_CATEGORIES: tuple[tuple[int, str, str], ...] = (
 )
 CATEGORIES: dict[int, str] = {cid: name for cid, name, _ in THING_CATEGORIES + STUFF_CATEGORIES}
 CATEGORY_ID = {name: cid for cid, name in CATEGORIES.items()}
+
+# sg2im's COCO predicates (``CocoSceneGraphDataset.__init__``): __in_image__ and six geometric relations.
+PREDICATES: tuple[str, ...] = (IN_IMAGE, "left of", "right of", "above", "below", "inside", "surrounding")
+_PRED_IDX = {name: i for i, name in enumerate(PREDICATES)}
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-object geometry: mask crop + resize, mask centres, the relation rule
@@ -213,6 +222,62 @@ def predicate(box_s: np.ndarray, box_o: np.ndarray, centre_s: np.ndarray, centre
     return "below"
 
 
+def scene_triples(rng: random.Random, boxes: np.ndarray, centres: np.ndarray) -> list[list[int]]:
+    """Triples of one image with n real objects (the ``__image__`` node is index n), sg2im's "Add triples":
+    for each object ``cur`` in order, ``other = rng.choice(the other objects)``, ``(cur, other)`` if
+    ``rng.random() > 0.5`` else ``(other, cur)``, predicate by :func:`predicate`; then
+    ``(i, __in_image__, n)`` for every object. Same random calls in the same order as sg2im, so equal
+    streams give equal graphs."""
+    n = len(boxes)
+    triples: list[list[int]] = []
+    for cur in range(n):
+        choices = [k for k in range(n) if k != cur]
+        if not choices:
+            break
+        other = rng.choice(choices)
+        s, o = (cur, other) if rng.random() > 0.5 else (other, cur)
+        triples.append([s, _PRED_IDX[predicate(boxes[s], boxes[o], centres[s], centres[o])], o])
+    triples += [[i, _PRED_IDX[IN_IMAGE], n] for i in range(n)]
+    return triples
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image files
+
+
+def load_image(path: Path, size: int, file_size: tuple[int, int], image_id: str = "") -> np.ndarray:
+    """uint8 ``[3, size, size]``: ``PIL.Image.open -> convert('RGB') -> resize((size, size), BILINEAR)``, the
+    pixels of sg2im's ``Resize`` before ``ToTensor`` (which divides by 255). ``file_size`` is the
+    (width, height) the index was built for; errors name the file."""
+    what = f" (coco_stuff image {image_id})" if image_id else ""
+    try:
+        with Image.open(path) as im:
+            if im.size != tuple(file_size):
+                raise ValueError(
+                    f"image file {path}{what} is {im.size[0]}x{im.size[1]} px but was "
+                    f"{file_size[0]}x{file_size[1]} when coco_stuff was prepared: "
+                    "re-run `python -m benchmark prepare coco_stuff`"
+                )
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            small = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file missing: {path}{what}") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"corrupt image file {path}{what}: {e}") from None
+    return np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1))
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header; errors name the file."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file missing: {path}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"corrupt image file {path}: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fields of the JSON files
 
@@ -264,3 +329,19 @@ def _check_categories(files: Sequence[tuple[Path, list[Any]]]) -> dict[int, str]
             "the vocabulary needs all 172"
         )
     return union
+
+
+def read_ids_file(path: Path) -> set[int]:
+    """Image ids of a ``deprecated-challenge2017/*-ids.txt`` file, one integer per line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"challenge id file not found: {path}")
+    ids = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        try:
+            ids.add(int(s))
+        except ValueError:
+            raise ValueError(f"{path}: line {n}: expected an integer image id, got {s[:40]!r}") from None
+    return ids

@@ -53,7 +53,6 @@ dataset; ``split_version`` is the split-definition version of the protocol (``1.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import warnings
@@ -65,29 +64,40 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from benchmark.batch import SceneGraphItem
 from benchmark.data.coco_format import (
     CATEGORIES,
     MASK_SIZE,
+    PREDICATES,
     _check_categories,
     _is_int,
     _is_num,
     _load_coco,
     crop_to_box,
     decode_segmentation,
+    image_size_of,
+    load_image,
     mask_centres,
-    predicate,
+    read_ids_file,
     resize_mask,
+    scene_triples,
 )
-from benchmark.data.packing import check_index, read_npz, split_sha256, write_npz
+from benchmark.data.packing import (
+    check_image_array,
+    check_index,
+    concat_rows,
+    read_npz,
+    split_sha256,
+    write_image_array,
+    write_npz,
+)
 from benchmark.data.packing import progress as progress_bar
 from benchmark.interfaces import SceneGraphDataset
 from benchmark.io import atomic_write_json, file_lock, read_json, sha256_file
 from benchmark.paths import assets_dir, data_root
 from benchmark.registry import register
-from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, Vocab
+from benchmark.scene_graph import IMAGE_TOKEN, Vocab
 
 DATASET = "coco_stuff"
 SPLIT_VERSION = "1.0"  # version of the split definition below (= "split_version" of the protocol files)
@@ -110,9 +120,7 @@ IMAGE_CACHE_SIZES = (
 OBJECT_NAMES: tuple[str, ...] = tuple(
     IMAGE_TOKEN if i == 0 else CATEGORIES.get(i, f"__none_{i}__") for i in range(1 + max(CATEGORIES))
 )
-PREDICATES: tuple[str, ...] = (IN_IMAGE, "left of", "right of", "above", "below", "inside", "surrounding")
 VOCAB = Vocab(OBJECT_NAMES, PREDICATES)
-_PRED_IDX = {name: i for i, name in enumerate(PREDICATES)}
 # Natural phrases where the generic rules of benchmark.text_encoders.phrases are not enough.
 _PHRASE_OVERRIDES = {
     "tv": "television",
@@ -238,43 +246,8 @@ def relation_rng(image_id: str) -> random.Random:
     return random.Random(f"{RELATION_SEED}:{image_id}")
 
 
-def scene_triples(rng: random.Random, boxes: np.ndarray, centres: np.ndarray) -> list[list[int]]:
-    """Triples of one image with n real objects (the ``__image__`` node is index n), sg2im's "Add triples":
-    for each object ``cur`` in order, ``other = rng.choice(the other objects)``, ``(cur, other)`` if
-    ``rng.random() > 0.5`` else ``(other, cur)``, predicate by :func:`predicate`; then
-    ``(i, __in_image__, n)`` for every object. Same random calls in the same order as sg2im, so equal
-    streams give equal graphs."""
-    n = len(boxes)
-    triples: list[list[int]] = []
-    for cur in range(n):
-        choices = [k for k in range(n) if k != cur]
-        if not choices:
-            break
-        other = rng.choice(choices)
-        s, o = (cur, other) if rng.random() > 0.5 else (other, cur)
-        triples.append([s, _PRED_IDX[predicate(boxes[s], boxes[o], centres[s], centres[o])], o])
-    triples += [[i, _PRED_IDX[IN_IMAGE], n] for i in range(n)]
-    return triples
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Reading and filtering the raw files
-
-
-def read_ids_file(path: Path) -> set[int]:
-    """Image ids of a ``deprecated-challenge2017/*-ids.txt`` file, one integer per line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"challenge id file not found: {path}")
-    ids = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        s = line.strip()
-        if not s:
-            continue
-        try:
-            ids.add(int(s))
-        except ValueError:
-            raise ValueError(f"{path}: line {n}: expected an integer image id, got {s[:40]!r}") from None
-    return ids
 
 
 _STAT_KEYS = (
@@ -404,39 +377,6 @@ def parse_source(raw: Path, source: Source) -> Parsed:
     return Parsed(source, images, kept, objects, stats)
 
 
-def load_image(path: Path, size: int, file_size: tuple[int, int], image_id: str = "") -> np.ndarray:
-    """uint8 ``[3, size, size]``: ``PIL.Image.open -> convert('RGB') -> resize((size, size), BILINEAR)``, the
-    pixels of sg2im's ``Resize`` before ``ToTensor`` (which divides by 255). ``file_size`` is the
-    (width, height) the index was built for; errors name the file."""
-    what = f" (coco_stuff image {image_id})" if image_id else ""
-    try:
-        with Image.open(path) as im:
-            if im.size != tuple(file_size):
-                raise ValueError(
-                    f"image file {path}{what} is {im.size[0]}x{im.size[1]} px but was "
-                    f"{file_size[0]}x{file_size[1]} when coco_stuff was prepared: "
-                    "re-run `python -m benchmark prepare coco_stuff`"
-                )
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            small = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file missing: {path}{what}") from None
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"corrupt image file {path}{what}: {e}") from None
-    return np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1))
-
-
-def image_size_of(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file from its header; errors name the file."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file missing: {path}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"corrupt image file {path}: {e}") from None
-
-
 _INDEX_KEYS = (
     "image_id",
     "image_row",
@@ -511,15 +451,11 @@ def build_index(raw: Path, parsed: Parsed, progress: bool = True) -> dict[str, d
             "bbox": np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4),
             "iscrowd": np.asarray([a.get("iscrowd", 0) == 1 for a in anns], dtype=np.uint8),
             "ann_id": np.asarray([a["id"] if _is_int(a.get("id")) else -1 for a in anns], dtype=np.int64),
-            "boxes": _stack([done[id(a)][0] for a in anns], (0, 4), np.float32),
-            "masks": _stack([done[id(a)][1] for a in anns], (0, MASK_SIZE, MASK_SIZE), np.uint8),
-            "centres": _stack([done[id(a)][2] for a in anns], (0, 2), np.float32),
+            "boxes": concat_rows([done[id(a)][0] for a in anns], (4,), np.float32),
+            "masks": concat_rows([done[id(a)][1] for a in anns], (MASK_SIZE, MASK_SIZE), np.uint8),
+            "centres": concat_rows([done[id(a)][2] for a in anns], (2,), np.float32),
         }
     return out
-
-
-def _stack(rows: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.stack(rows).astype(dtype, copy=False) if rows else np.zeros(empty_shape, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -559,18 +495,9 @@ def _write_image_cache(
 ) -> None:
     """Every image of ``table`` through :func:`load_image` into a uint8 ``[N, 3, size, size]`` .npy file, so
     items at that size are bit-identical to decoding the JPEG (and every kept image is checked to decode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), 3, size, size))
-        rows = progress_bar(table, f"coco_stuff: {size} px image cache", quiet=not progress)
-        for r, (file_name, file_size, image_id) in enumerate(rows):
-            arr[r] = load_image(image_dir / file_name, size, file_size, image_id)
-        arr.flush()
-        del arr
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rows = progress_bar(table, f"coco_stuff: {size} px image cache", quiet=not progress)
+    images = (load_image(image_dir / name, size, file_size, image_id) for name, file_size, image_id in rows)
+    write_image_array(path, images, len(table), size)
 
 
 def _signature(raw: Path, source: Source) -> dict[str, list[int]]:
@@ -817,12 +744,7 @@ def _check_image_cache(root: Path, entry: dict[str, Any], size: int) -> Path | N
     if info is None:
         return None
     path = prepared_dir(root) / info["path"]
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"image cache {path}: {e}") from None
-    if arr.shape != (info["rows"], 3, size, size) or arr.dtype != np.uint8:
-        raise ValueError(f"image cache {path} has shape {arr.shape} {arr.dtype}")
+    check_image_array(path, info["rows"], size)
     return path
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import warnings
 import zipfile
@@ -47,6 +48,12 @@ def split_sha256(ids: Sequence[str] | Sequence[int]) -> str:
     return sha256_json(sorted(ids))  # type: ignore[type-var]
 
 
+def concat_rows(rows: Sequence[Any], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``rows`` (each one ``shape`` item or a stack ``[k, *shape]`` of them) as one ``[K, *shape]`` array."""
+    parts = [np.asarray(r, dtype=dtype).reshape(-1, *shape) for r in rows]
+    return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
+
+
 def pack(
     objs: Sequence[Sequence[int]],
     boxes: Sequence[Any],
@@ -57,21 +64,16 @@ def pack(
 ) -> Arrays:
     """The packed arrays (module docstring) of graphs given one entry per graph: object indices, boxes
     ``[n, 4]``, masks ``[n, M, M]``, triples ``[t, 3]`` and optionally has_layout ``[n]``."""
-
-    def cat(rows: Sequence[Any], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        parts = [np.asarray(r, dtype=dtype).reshape(-1, *shape) for r in rows]
-        return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
-
     out = {
         "objs": np.fromiter((o for g in objs for o in g), dtype=np.int64),
-        "boxes": cat(boxes, (4,), np.float32),
-        "masks": cat(masks, (mask_size, mask_size), np.uint8),
+        "boxes": concat_rows(boxes, (4,), np.float32),
+        "masks": concat_rows(masks, (mask_size, mask_size), np.uint8),
         "triples": np.asarray([t for g in triples for t in g], dtype=np.int64).reshape(-1, 3),
         "obj_ptr": np.cumsum([0, *map(len, objs)]).astype(np.int64),
         "triple_ptr": np.cumsum([0, *map(len, triples)]).astype(np.int64),
     }
     if has_layout is not None:
-        out["has_layout"] = cat(has_layout, (), bool)
+        out["has_layout"] = concat_rows(has_layout, (), bool)
     return out
 
 
@@ -155,6 +157,32 @@ def cached(
                     f"{what}: freshly written cache file {path} does not read back: {e}"
                 ) from e
         return out, time.perf_counter() - t0
+
+
+def write_image_array(path: Path, images: Iterable[np.ndarray], n: int, size: int) -> None:
+    """``n`` uint8 ``[3, size, size]`` images into one ``[n, 3, size, size]`` ``.npy`` file (row by row
+    through a memory map, so a split need not fit in memory), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        for r, image in enumerate(images):
+            arr[r] = image
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_image_array(path: Path, n: int, size: int) -> None:
+    """Raise ValueError unless ``path`` is an :func:`write_image_array` file of ``n`` images of ``size`` px."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"image cache {path}: {e}") from None
+    if arr.shape != (n, 3, size, size) or arr.dtype != np.uint8:
+        raise ValueError(f"image cache {path} has shape {arr.shape} {arr.dtype}")
 
 
 def progress(items: Sequence[T], desc: str, quiet: bool = False) -> Iterable[T]:
