@@ -211,15 +211,24 @@ def predicate(box_s: np.ndarray, box_o: np.ndarray, centre_s: np.ndarray, centre
         return "surrounding"
     if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
         return "inside"
-    d = np.asarray(centre_s, dtype=np.float32) - np.asarray(centre_o, dtype=np.float32)
-    theta = math.atan2(float(d[1]), float(d[0]))
+    return direction_from_centres(
+        np.asarray(centre_s, dtype=np.float32), np.asarray(centre_o, dtype=np.float32)
+    )
+
+
+def direction_from_centres(c_s: Sequence[float], c_o: Sequence[float]) -> str:
+    """sg2im's angular rule for subject centre ``c_s`` and object centre ``c_o`` (image coordinates, y down).
+
+    The difference is taken in the centres' own type (float32 for :func:`predicate`, as sg2im's tensors;
+    float64 for ``benchmark.data.shapes``)."""
+    theta = math.atan2(c_s[1] - c_o[1], c_s[0] - c_o[0])
     if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
         return "left of"
     if -3 * math.pi / 4 <= theta < -math.pi / 4:
         return "above"
     if -math.pi / 4 <= theta < math.pi / 4:
         return "right of"
-    return "below"
+    return "below"  # pi/4 <= theta < 3pi/4
 
 
 def scene_triples(rng: random.Random, boxes: np.ndarray, centres: np.ndarray) -> list[list[int]]:

@@ -21,7 +21,6 @@ The frozen split files ``datasets/shapes/splits/*.json`` list the ids and a hash
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.data.coco_format import direction_from_centres
 from benchmark.data.packing import PACKED_KEYS, PackedDataset, cached, check_packed, pack, progress, read_npz
 from benchmark.data.packing import split_sha256 as split_sha256
 from benchmark.io import atomic_write_json, read_json, sha256_json
@@ -186,18 +186,6 @@ def relation_from_geometry(box_s: Any, box_o: Any, mask_s: Any, mask_o: Any) -> 
     if sx0 > ox0 and sx1 < ox1 and sy0 > oy0 and sy1 < oy1:
         return "inside"
     return direction_from_centres(mask_centroid(box_s, mask_s), mask_centroid(box_o, mask_o))
-
-
-def direction_from_centres(c_s: Sequence[float], c_o: Sequence[float]) -> str:
-    """sg2im's angular rule for subject centre ``c_s`` and object centre ``c_o`` (image coordinates, y down)."""
-    theta = math.atan2(c_s[1] - c_o[1], c_s[0] - c_o[0])
-    if theta >= 3 * math.pi / 4 or theta <= -3 * math.pi / 4:
-        return "left of"
-    if -3 * math.pi / 4 <= theta < -math.pi / 4:
-        return "above"
-    if -math.pi / 4 <= theta < math.pi / 4:
-        return "right of"
-    return "below"  # pi/4 <= theta < 3pi/4
 
 
 # ---------------------------------------------------------------------------------------------------------
