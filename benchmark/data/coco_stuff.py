@@ -32,9 +32,10 @@ comments of that file:
   ``[x / WW, y / HH, (x + w) / WW, (y + h) / HH]`` as float32; masks: the segmentation decoded with
   pycocotools at ``(HH, WW)`` (polygons merged, uncompressed RLE via ``frPyObjects``, compressed RLE as
   is), cropped to ``[round(y):round(y + h), round(x):round(x + w)]`` (at least 1 px),
-  ``skimage.transform.resize(255.0 * crop, (16, 16), mode='constant') > 128`` (:func:`~benchmark.data.coco_format.resize_mask`); the
-  ``__image__`` node (box ``[0, 0, 1, 1]``, all-ones mask) last; one synthetic geometric triple per object
-  (:func:`scene_triples`), then ``(i, __in_image__, __image__)`` for every object.
+  ``skimage.transform.resize(255.0 * crop, (16, 16), mode='constant') > 128``; the ``__image__`` node (box
+  ``[0, 0, 1, 1]``, all-ones mask) last; one synthetic geometric triple per object, then
+  ``(i, __in_image__, __image__)`` for every object. These per-object and per-image rules, the category
+  table and the checks of the JSON fields are in :mod:`benchmark.data.coco_format`.
 
 Deliberate differences from sg2im, each for reproducibility: the relations come from
 ``random.Random(f"{RELATION_SEED}:{image_id}")`` (sg2im draws from the global ``random`` on every visit, so
@@ -48,7 +49,9 @@ protocols' size: the same pixels as decoding the JPEG), so ``__getitem__`` only 
 decodes and resizes) one image and draws the relations. The split manifests
 ``<root>/prepared/splits/<split>.json`` (sorted image ids, their sha256, the count and its published
 value) are what results record: real COCO cannot be committed, so there are no frozen split files for this
-dataset; ``split_version`` is the split-definition version of the protocol (``1.0``).
+dataset; ``split_version`` is the split-definition version of the protocol (``1.0``). Index files and the
+image cache are written with :mod:`benchmark.data.packing`; the test fixture is
+:mod:`benchmark.data.fixtures.coco_stuff`.
 """
 
 from __future__ import annotations
@@ -493,7 +496,7 @@ def _image_table(arrays: dict[str, dict[str, np.ndarray]]) -> list[tuple[str, tu
 def _write_image_cache(
     path: Path, image_dir: Path, table: Sequence[tuple[str, tuple[int, int], str]], size: int, progress: bool
 ) -> None:
-    """Every image of ``table`` through :func:`load_image` into a uint8 ``[N, 3, size, size]`` .npy file, so
+    """Every image of ``table`` through ``load_image`` into a uint8 ``[N, 3, size, size]`` .npy file, so
     items at that size are bit-identical to decoding the JPEG (and every kept image is checked to decode)."""
     rows = progress_bar(table, f"coco_stuff: {size} px image cache", quiet=not progress)
     images = (load_image(image_dir / name, size, file_size, image_id) for name, file_size, image_id in rows)
@@ -901,7 +904,7 @@ class CocoStuffDataset(SceneGraphDataset):
         )
 
     def _image(self, row: int, image_id: str) -> torch.Tensor:
-        """float32 [3, S, S] in [0, 1]: :func:`load_image` / 255 (sg2im ``Resize`` + ``ToTensor``, without its
+        """float32 [3, S, S] in [0, 1]: ``load_image`` / 255 (sg2im ``Resize`` + ``ToTensor``, without its
         ImageNet normalisation), from the prepared image cache when there is one for this size."""
         a = self._a
         if self._cache_file is not None:
