@@ -43,7 +43,7 @@ from PIL import Image
 
 from benchmark.batch import SceneGraphItem
 from benchmark.data import vg_preprocess as pp
-from benchmark.data.packing import split_sha256
+from benchmark.data.packing import check_index, split_sha256
 from benchmark.data.vg_preprocess import (
     H5_DATASETS,
     IMAGE_DIR_NAME,
@@ -451,10 +451,7 @@ class VgDataset(SceneGraphDataset):
         return x, ww, hh
 
     def __getitem__(self, index: int) -> SceneGraphItem:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for vg {self.split} ({n} images)")
-        index %= n
+        index = check_index(index, len(self), f"vg {self.split}")
         image, ww, hh = self.load_image(index)
         obj_idxs = self.object_indices(index, self.item_rng(index))
         num = len(obj_idxs) + 1
