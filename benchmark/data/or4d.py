@@ -61,8 +61,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from benchmark.data.packing import PACKED_KEYS, PackedDataset, cached, check_packed, pack, progress, read_npz
-from benchmark.data.packing import split_sha256 as split_sha256
+from benchmark.data.packing import (
+    PACKED_KEYS,
+    PackedDataset,
+    cached,
+    check_packed,
+    pack,
+    progress,
+    read_npz,
+    split_sha256,
+)
 from benchmark.io import atomic_write_json, read_json, sha256_file, sha256_json
 from benchmark.paths import cache_dir, data_root
 from benchmark.registry import register

@@ -31,8 +31,16 @@ import numpy as np
 import torch
 
 from benchmark.data.coco_format import direction_from_centres
-from benchmark.data.packing import PACKED_KEYS, PackedDataset, cached, check_packed, pack, progress, read_npz
-from benchmark.data.packing import split_sha256 as split_sha256
+from benchmark.data.packing import (
+    PACKED_KEYS,
+    PackedDataset,
+    cached,
+    check_packed,
+    pack,
+    progress,
+    read_npz,
+    split_sha256,
+)
 from benchmark.io import atomic_write_json, read_json, sha256_json
 from benchmark.paths import assets_dir, cache_dir
 from benchmark.registry import register
