@@ -12,15 +12,16 @@ derived from the files instead of written twice). ``get(kind, name)`` imports on
 
 Variants of one method that differ only in config defaults are *presets* of it, declared as a literal table::
 
-    @register_presets("method", "sg2im", {
+    @register("method", "sg2im")
+    @register_presets("sg2im", {
         "sg2im_clip": {"summary": "...", "config": {"text_encoder": "clip"},
                        "tiers": {"smoke": {"method.text_encoder_weights": "random"}}},
     })
     class Sg2Im(Method): ...
 
-Each preset is a registered name whose class is generated from the family class: its ``Config`` has the
-preset's defaults and its ``tier_overrides`` are the family's updated with the preset's. ``family`` names the
-method family (the leaderboard groups text-encoder ablations by it).
+Each preset is a registered method name whose class is generated from the family class: its ``Config`` has the
+preset's defaults and its ``tier_overrides`` are the family's updated with the preset's. The family name is
+recorded in each result beside the method name (the report's text-encoder ablation groups by it).
 
 Plug-ins from other installed distributions declare entry points in the group ``sg2i_bench.plugins`` whose
 value is a module or package path (``toy = "my_pkg.plugins"``); the named module (or every module of the
