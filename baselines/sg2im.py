@@ -60,7 +60,7 @@ from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset, WeightP
 from benchmark.nn.embedding import NodeEmbedding
 from benchmark.nn.graph import GraphTripleConv, GraphTripleConvNet, build_mlp
 from benchmark.nn.layout import object_maps, objects_to_layout, pack_objects
-from benchmark.registry import register
+from benchmark.registry import register, register_presets
 from benchmark.seeding import randn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -692,6 +692,27 @@ _SMOKE = {
 
 
 @register("method", "sg2im")
+@register_presets(
+    "sg2im",
+    {
+        # Variants that differ only in the node embeddings. The frozen encoders whose weights are not shipped
+        # (clip, data2vec) use explicit random weights in the smoke tier (plumbing only: such runs are random_init).
+        "sg2im_clip": {
+            "summary": "SG2Im with frozen CLIP text embeddings of the object/predicate phrases (+ learned projection).",
+            "config": {"text_encoder": "clip"},
+            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
+        },
+        "sg2im_data2vec": {
+            "summary": "SG2Im with frozen data2vec-text embeddings of the object/predicate phrases (+ learned projection).",
+            "config": {"text_encoder": "data2vec"},
+            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
+        },
+        "sg2im_minilm": {
+            "summary": "SG2Im with frozen MiniLM-L6 sentence embeddings of the object/predicate phrases (+ learned projection).",
+            "config": {"text_encoder": "minilm"},
+        },
+    },
+)
 class Sg2Im(Method):
     """SG2Im (Johnson et al. CVPR 2018): graph convolution, box/mask layout, CRN, patch + object GAN losses.
 
@@ -944,47 +965,3 @@ class Sg2Im(Method):
     def predict_boxes(self, batch: SceneGraphBatch, generator: list[torch.Generator]) -> Tensor:
         """The box net's output ``[O, 4]``, which ``sample(layout="pred")`` renders as is (no noise involved)."""
         return self.predict_layout(batch)[0]
-
-
-def _random_smoke() -> dict[str, Any]:
-    """Smoke tier of a frozen-encoder variant: explicit random encoder weights (plumbing only, random_init)."""
-    return {**_SMOKE, "method.text_encoder_weights": "random"}
-
-
-@dataclass(frozen=True)
-class Sg2ImClipConfig(Sg2ImConfig):
-    text_encoder: str = "clip"
-
-
-@dataclass(frozen=True)
-class Sg2ImData2VecConfig(Sg2ImConfig):
-    text_encoder: str = "data2vec"
-
-
-@dataclass(frozen=True)
-class Sg2ImMiniLMConfig(Sg2ImConfig):
-    text_encoder: str = "minilm"
-
-
-@register("method", "sg2im_clip")
-class Sg2ImClip(Sg2Im):
-    """SG2Im with frozen CLIP text embeddings of the object/predicate phrases (+ learned projection)."""
-
-    Config = Sg2ImClipConfig
-    tier_overrides = {**Sg2Im.tier_overrides, "smoke": _random_smoke()}
-
-
-@register("method", "sg2im_data2vec")
-class Sg2ImData2Vec(Sg2Im):
-    """SG2Im with frozen data2vec-text embeddings of the object/predicate phrases (+ learned projection)."""
-
-    Config = Sg2ImData2VecConfig
-    tier_overrides = {**Sg2Im.tier_overrides, "smoke": _random_smoke()}
-
-
-@register("method", "sg2im_minilm")
-class Sg2ImMiniLM(Sg2Im):
-    """SG2Im with frozen MiniLM-L6 sentence embeddings of the object/predicate phrases (+ learned projection)."""
-
-    Config = Sg2ImMiniLMConfig
-    tier_overrides = {**Sg2Im.tier_overrides}

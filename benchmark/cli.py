@@ -107,7 +107,9 @@ def cmd_ls() -> int:
     for kind in registry.KINDS:
         print(f"{kind}s:")
         for name in sorted(table[kind]):
-            print(f"  {name:<22} {table[kind][name].summary}")
+            entry = table[kind][name]
+            origin = f" [plug-in {entry.plugin.split(' (')[0]}]" if entry.plugin else ""
+            print(f"  {name:<22} {entry.summary}{origin}")
         if not table[kind]:
             print("  (none yet)")
     return 0

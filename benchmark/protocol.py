@@ -19,13 +19,24 @@ TIERS = ("smoke", "quick", "full")
 _REQUIRED = ("dataset", "version", "eval_splits", "metrics", "tiers")
 
 
+def dataset_folder(dataset: str) -> Path:
+    """The data folder of a dataset: ``datasets/<dataset>/`` of the suite, or for a dataset registered by an
+    installed plug-in, ``datasets/<dataset>/`` beside the plug-in module that registers it."""
+    from benchmark import registry
+
+    entry = registry.entries()["dataset"].get(dataset)
+    if entry is not None and entry.plugin:
+        return Path(entry.path).parent / "datasets" / dataset
+    return assets_dir() / dataset
+
+
 def protocol_path(dataset: str, variant: str = "") -> Path:
     """``datasets/<dataset>/protocol.json``, or ``protocol_<variant>.json`` for a named variant."""
-    return assets_dir() / dataset / (f"protocol_{variant}.json" if variant else "protocol.json")
+    return dataset_folder(dataset) / (f"protocol_{variant}.json" if variant else "protocol.json")
 
 
 def protocol_variants(dataset: str) -> list[str]:
-    return sorted(p.stem[len("protocol_") :] for p in (assets_dir() / dataset).glob("protocol_*.json"))
+    return sorted(p.stem[len("protocol_") :] for p in dataset_folder(dataset).glob("protocol_*.json"))
 
 
 def load_protocol(dataset: str, variant: str = "") -> dict[str, Any]:

@@ -348,6 +348,7 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=current_environment)
     timings: dict[str, float]
     train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
+    family: str = ""  # the method's family (``registry.family``; a preset's family, else the method); "" in old files
 
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "schema_version", "run_id", "created", "method", "dataset", "tier", "seed", "image_size", "protocol",
@@ -406,6 +407,8 @@ class RunResult:
         put("timings", {k: _num(v, f"timings.{k}", 0.0) for k, v in timings.items()})
         if self.train_history is not None:
             put("train_history", _history(self.train_history, "train_history"))
+        if self.family:
+            _str(self.family, "family", _NAME)
 
     @property
     def filename(self) -> str:
@@ -417,6 +420,8 @@ class RunResult:
         d["weights"] = [asdict(w) for w in self.weights]
         if self.train_history is not None:
             d["train_history"] = self.train_history
+        if self.family:
+            d["family"] = self.family
         return d
 
     @classmethod
@@ -425,7 +430,7 @@ class RunResult:
         if isinstance(obj, (str, Path)):
             return load_result(obj)
         d = _mapping(obj, "<result>")
-        _fields(d, cls._REQUIRED, ("train_history",))
+        _fields(d, cls._REQUIRED, ("train_history", "family"))
         _str(d["run_id"], "run_id")  # only construction in code may leave these to default
         _str(d["created"], "created")
         evals = []

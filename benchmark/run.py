@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark import distributed
+from benchmark import distributed, registry
 from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_state
 from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
@@ -68,6 +68,7 @@ def _record(
         environment={**environment(), "world_size": distributed.world_size()},
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         train_history=downsample_history(history) if history else None,
+        family=registry.family(cfg.method),
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)

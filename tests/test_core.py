@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -48,6 +51,60 @@ def test_registry_names_match_what_modules_register():
         for name in registry.names(kind):
             obj = registry.get(kind, name)
             assert obj.registry_name == name
+
+
+def test_presets_are_the_family_class_with_other_config_defaults():
+    methods = registry.entries()["method"]
+    presets = {n: e.family for n, e in methods.items() if e.family != n}
+    assert presets == {
+        "sg2im_clip": "sg2im", "sg2im_data2vec": "sg2im", "sg2im_minilm": "sg2im",
+        "learned_ddpm": "ddpm", "minilm_ddpm": "ddpm", "clip_ddpm": "ddpm", "data2vec_ddpm": "ddpm",
+    }  # fmt: skip
+    assert registry.family("sg2im") == "sg2im" and registry.family("retrieval") == "retrieval"
+    for name, fam in presets.items():
+        cls = registry.get("method", name)
+        (base,) = cls.__bases__
+        assert base.family == fam == cls.family and cls.preset == name and cls.registry_name == name
+        assert {k for k in vars(cls) if not k.startswith("_")} <= {"Config", "tier_overrides", "family", "preset",
+                                                                   "registry_name"}  # fmt: skip
+        assert cls.__doc__.startswith(methods[name].summary)  # ls shows the table's summary
+        mine, theirs = dataclasses.asdict(cls.Config()), dataclasses.asdict(base.Config())
+        changed = {k for k in mine if mine[k] != theirs[k]}
+        assert changed <= {"text_encoder"} and mine["text_encoder"] in registry.names("text_encoder")
+        for tier, sets in base.tier_overrides.items():
+            assert cls.tier_overrides[tier].items() >= {k: v for k, v in sets.items() if k not in
+                                                        ("method.text_encoder_weights",)}.items()  # fmt: skip
+        assert pickle.loads(pickle.dumps(cls.Config())) == cls.Config()  # submitit pickles run configs
+        assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+def test_preset_tables_must_be_literal_and_name_real_fields(tmp_path):
+    src = tmp_path / "fam.py"
+    src.write_text('T = {}\n\n\n@register_presets("fam", T)\nclass Fam:\n    pass\n')
+    with pytest.raises(ValueError, match=rf"{src}:4: register_presets: field 'table' must be a literal dict"):
+        registry._preset_entries(ast.parse(src.read_text()), "fam", src)
+
+    @dataclass(frozen=True)
+    class Cfg:
+        width: int = 1
+
+    class Fam:
+        Config = Cfg
+        tier_overrides = {"smoke": {"method.width": 2}}
+
+    with pytest.raises(ValueError, match=r"preset 'fam_wide': field 'config.widht' is not a field of Cfg"):
+        registry.register_presets("fam", {"fam_wide": {"config": {"widht": 3}}})(Fam)
+    with pytest.raises(ValueError, match=r"preset 'fam_wide': unknown field\(s\) \['tier'\]"):
+        registry.register_presets("fam", {"fam_wide": {"tier": {}}})(Fam)
+    with pytest.raises(ValueError, match="expected an integer"):
+        registry.register_presets("fam", {"fam_wide": {"config": {"width": "wide"}}})(Fam)
+    try:
+        registry.register_presets("fam", {"fam_wide": {"config": {"width": 3}, "tiers": {"quick": {"x": 1}}}})(Fam)
+        wide = registry._REGISTRY["method"]["fam_wide"]
+        assert wide.Config() == wide.Config(width=3) and wide.Config().width == 3 and Cfg().width == 1
+        assert wide.tier_overrides == {"smoke": {"method.width": 2}, "quick": {"x": 1}}
+    finally:
+        registry._REGISTRY["method"].pop("fam_wide", None)
 
 
 @dataclass(frozen=True)

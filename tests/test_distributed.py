@@ -61,6 +61,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs: Path) -> None:
     two, one = _metrics(runs / "res2"), _metrics(runs / "res1")
     assert two.keys() == one.keys() and ("test", "fid") in two
@@ -74,6 +75,7 @@ def test_two_processes_train_like_one(runs: Path) -> None:
     assert len(ea["torch_rng_ranks"]) == 2  # each rank's RNG stream is kept for a resume
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(runs: Path) -> None:
     [path] = (runs / "res2" / "runs").glob("*.json")
     data = json.loads(path.read_text())
@@ -87,6 +89,7 @@ def test_only_rank_zero_writes(runs: Path) -> None:
     assert sorted(f"samples/{p.name}" for p in (run_dir / "samples").iterdir()) == named
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_is_exact(runs: Path) -> None:
     """The 2-process run sampled and scored in two shards; 1 process scoring its checkpoint agrees exactly."""
     assert _metrics(runs / "res2") == _metrics(runs / "res_eval")
@@ -157,6 +160,7 @@ dist.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_gradient_averager_matches_the_full_batch_gradient(tmp_path: Path) -> None:
     """Two backward passes per step (G with D frozen, then D), one parameter used on one rank only."""
     script = tmp_path / "worker.py"

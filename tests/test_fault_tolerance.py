@@ -83,6 +83,7 @@ def _comparable(path: Path) -> dict[str, Any]:
     return d
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_and_mid_evaluation_resumes_to_the_same_result(tmp_path: Path) -> None:
     steps = 100
     args = [
@@ -126,6 +127,7 @@ def test_sigkill_mid_training_and_mid_evaluation_resumes_to_the_same_result(tmp_
             assert np.array_equal(a["images"], b["images"])
 
 
+@pytest.mark.slow
 def test_concurrent_runs_share_one_intact_leaderboard(tmp_path: Path) -> None:
     seeds = range(3)
     procs = [

@@ -4,8 +4,9 @@ A group's key is its config without the seed (:class:`benchmark.results.SeedGrou
 fields ``F``, two groups belong to one series when they agree on dataset, tier, split, image size, protocol,
 (layout, unless the axis is the layout) and on every config field outside ``F``; a series with two or more
 distinct values of ``F`` is an ablation. Nothing is hard-coded about which methods exist: the text-encoder
-axis compares the methods of one *generator family* (the method name with the text encoder's name removed,
-e.g. ``sg2im`` / ``sg2im_minilm`` -> ``sg2im``; ``learned_ddpm`` / ``minilm_ddpm`` -> ``ddpm``).
+axis compares the methods of one *generator family*, the family the run recorded (the presets of one method,
+:func:`benchmark.registry.register_presets`: ``sg2im`` / ``sg2im_minilm`` -> ``sg2im``; ``learned_ddpm`` /
+``minilm_ddpm`` -> ``ddpm``), or for results written before families were recorded, the registered one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmark import registry
 from benchmark.results import SeedGroup
 
 
@@ -98,10 +100,11 @@ class Series:
         return out
 
 
-def generator_family(method: str, text_encoder: str) -> str:
-    """The method name without its text-encoder token (``sg2im_minilm`` -> ``sg2im``, ``learned_ddpm`` -> ``ddpm``)."""
-    tokens = [t for t in method.split("_") if t not in (text_encoder, "learned")]
-    return "_".join(tokens) or method
+def generator_family(g: SeedGroup) -> str:
+    """The family its runs recorded, else the registered family of its method (a method unknown to the
+    registry is its own family)."""
+    recorded = {r.family for r in g.runs if r.family}
+    return recorded.pop() if len(recorded) == 1 else registry.family(g.method)
 
 
 def _value(axis: Axis, g: SeedGroup) -> Any:
@@ -139,7 +142,7 @@ def detect(groups: Sequence[SeedGroup], axis: Axis) -> list[Series]:
             sorted((k, json.dumps(v, default=str)) for k, v in g.config.items() if k not in axis.fields)
         )
         if axis.name == "text_encoder":
-            label = generator_family(g.method, str(g.config[axis.requires]))
+            label = generator_family(g)
         else:
             label = g.method
         layout = "" if axis.name == "eval_layout" else g.layout
