@@ -143,10 +143,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _print_result(result, path: Path) -> None:
     print(f"\nresult: {path}")
     for ev in result.evaluations:
-        vals = ", ".join(
-            f"{k}={v.value:.4g}" if v.value is not None else f"{k}=unavailable" for k, v in ev.metrics.items()
-        )
-        print(f"  {result.method} / {result.dataset} / {ev.split} ({ev.n_generated} generated): {vals}")
+        vals = ", ".join(f"{k}={v.value:.4g}" for k, v in ev.metrics.items() if v.value is not None)
+        off = ", ".join(k for k, v in ev.metrics.items() if v.value is None)
+        line = f"{result.method} / {result.dataset} / {ev.split} ({ev.n_generated} generated): {vals}"
+        print(textwrap.fill(line + (f"; unavailable: {off}" if off else ""), 120, initial_indent="  ",
+                            subsequent_indent="    ", break_on_hyphens=False))  # fmt: skip
     if result.random_init:
         print("  random-init weights were used: this result is kept out of the leaderboard")
 
