@@ -93,7 +93,7 @@ def _view(
     best: dict[str, float] = {}
     for n in order:
         vals = [g.metrics[n].mean for r, g in ranked if r is not None and n in g.metrics and g.metrics[n].mean is not None]
-        if vals:
+        if len(vals) >= 2:  # a best among one is no news
             best[n] = max(vals) if higher[n] else min(vals)
 
     notes: list[str] = []
