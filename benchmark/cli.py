@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from benchmark import registry
@@ -144,10 +145,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _print_result(result, path: Path) -> None:
     print(f"\nresult: {path}")
     for ev in result.evaluations:
-        vals = ", ".join(
-            f"{k}={v.value:.4g}" if v.value is not None else f"{k}=unavailable" for k, v in ev.metrics.items()
-        )
-        print(f"  {result.method} / {result.dataset} / {ev.split} ({ev.n_generated} generated): {vals}")
+        vals = ", ".join(f"{k}={v.value:.4g}" for k, v in ev.metrics.items() if v.value is not None)
+        off = ", ".join(k for k, v in ev.metrics.items() if v.value is None)
+        line = f"{result.method} / {result.dataset} / {ev.split} ({ev.n_generated} generated): {vals}"
+        print(textwrap.fill(line + (f"; unavailable: {off}" if off else ""), 120, initial_indent="  ",
+                            subsequent_indent="    ", break_on_hyphens=False))  # fmt: skip
     if result.random_init:
         print("  random-init weights were used: this result is kept out of the leaderboard")
 
@@ -160,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "leaderboard":
             from benchmark import results as res
 
-            out = res.rebuild_leaderboard(args.results, echo=print)
-            mean_std, reported = out.parent / res.LEADERBOARD_MEAN_STD, res.reported_path(args.results)
-            print(f"\nReproduced by this suite: mean ± std over seeds ({mean_std}; one row per run in {out.name})")
-            print(res.format_mean_std(mean_std))
-            print(f"\nPublished numbers ({reported}): not reproduced, never ranked with the rows above; ? = unverified")
+            say = lambda text: print(textwrap.fill(text, 120, break_on_hyphens=False))  # noqa: E731
+            board = res.build_leaderboard(args.results, echo=say)
+            mean_std, reported = board.root / res.LEADERBOARD_MEAN_STD, res.reported_path(args.results)
+            print()
+            say(f"Reproduced by this suite (every column in {mean_std}; one row per run in {board.path.name})")
+            print()
+            print(res.format_tables(board.groups))
+            print()
+            say(f"Published numbers ({reported}): not reproduced, never ranked with the rows above; ? = unverified")
             print(res.format_reported(res.load_reported(reported)))
             return 0
         if args.command == "report":
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from benchmark import distributed
         from benchmark.config import build_run_config, parse_sets
-        from benchmark.results import format_leaderboard, rebuild_leaderboard
+        from benchmark.results import format_tables, latest_leaderboard
 
         sets = parse_sets(args.sets)
         progress = not args.quiet
@@ -204,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             return 0
         _print_result(result, path)
+        board = latest_leaderboard(args.results)  # rebuilt once, by the run
         print()
-        print(format_leaderboard(rebuild_leaderboard(args.results)))
+        print(format_tables([g for g in board.groups if (g.dataset, g.tier) == (result.dataset, result.tier)]))
         return 0
     except (registry.UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -171,22 +171,24 @@ def predict_boxes_split(
 def score(
     inputs: EvalInputs, metric_names: tuple[str, ...]
 ) -> tuple[dict[str, MetricValue], list[WeightProvenance]]:
+    """Every metric's outputs, each recorded with the metric's declared direction, name and implementation."""
     values: dict[str, MetricValue] = {}
     weights: list[WeightProvenance] = []
     for name in metric_names:
         metric = registry.get("metric", name)()
+        facts = {"metric": name, "mode": metric.mode}
         try:
             out = metric.compute(inputs)
         except MetricUnavailable as e:
             for key, hib in metric.outputs.items():
-                values[key] = MetricValue(None, hib, unavailable=str(e))
+                values[key] = MetricValue(None, hib, unavailable=str(e), **facts)
             continue
         for key, hib in metric.outputs.items():
             if out.get(key) is None:
-                reason = getattr(metric, "unavailable", {}).get(key, "the metric returned no value")
-                values[key] = MetricValue(None, hib, unavailable=reason)
+                reason = metric.unavailable.get(key, "the metric returned no value")
+                values[key] = MetricValue(None, hib, unavailable=reason, **facts)
             else:
-                values[key] = MetricValue(float(out[key]), hib)
+                values[key] = MetricValue(float(out[key]), hib, **facts)
         weights += [w for w in metric.provenance() if w not in weights]
     return values, weights
 

@@ -173,15 +173,20 @@ class MetricUnavailable(RuntimeError):
 
 
 class Metric(abc.ABC):
-    """An evaluation metric. Subclasses register with ``@register("metric", name)``.
+    """An evaluation metric. Subclasses register with
+    ``@register("metric", name, outputs={value name: higher is better}, mode="implementation")``; the
+    decorator sets ``outputs`` and ``mode`` (declared literals, read by ``ls`` without imports).
 
-    ``outputs`` maps each reported value's name to higher-is-better. ``compute`` returns those values
-    (or None where unavailable, with the reason in ``self.unavailable[name]``); a metric whose weights are
-    missing raises :class:`MetricUnavailable`. ``provenance`` is read after ``compute``.
+    ``compute`` returns the ``outputs`` values (or None where unavailable, with the reason in
+    ``self.unavailable[name]``, which this class initialises); a metric whose weights are missing raises
+    :class:`MetricUnavailable`. ``provenance`` is read after ``compute``.
     """
 
     outputs: ClassVar[dict[str, bool]] = {}
-    unavailable: dict[str, str]
+    mode: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.unavailable: dict[str, str] = {}
 
     @abc.abstractmethod
     def compute(self, inputs: EvalInputs) -> dict[str, float | None]:

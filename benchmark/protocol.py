@@ -5,6 +5,10 @@ A protocol file is data, never changed once committed (a change means a new ``ve
     {"dataset": "shapes", "version": "1.0", "mask_size": 16,
      "eval_splits": ["test", "test_unseen"], "metrics": ["fid", "kid", "object_acc"],
      "tiers": {"smoke": {"image_size": 32, "train": {...}, "eval": {"num_graphs": 8, "samples_per_graph": 1}}, ...}}
+
+``"primary"`` (optional) lists the metric values the leaderboard shows first, ranking by the first (e.g.
+``["fid", "kid", "object_acc_small", "sg_consistency"]``). It changes how results are presented, never a
+number, so it is left out of the protocol's ``sha256`` and needs no new version.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from benchmark.paths import assets_dir
 
 TIERS = ("smoke", "quick", "full")
 _REQUIRED = ("dataset", "version", "eval_splits", "metrics", "tiers")
+PRESENTATION = ("primary",)  # fields that change no number: not hashed
 
 
 def dataset_folder(dataset: str) -> Path:
@@ -52,8 +57,11 @@ def load_protocol(dataset: str, variant: str = "") -> dict[str, Any]:
     for tier in TIERS:
         if tier not in proto["tiers"]:
             raise ValueError(f"protocol file {path}: field 'tiers' lacks tier {tier!r}")
+    primary = proto.get("primary", [])
+    if not isinstance(primary, list) or not all(isinstance(p, str) and p for p in primary):
+        raise ValueError(f"protocol file {path}: field 'primary' must be a list of metric value names")
     proto.setdefault("train_split", "train")
-    proto["sha256"] = sha256_json({k: v for k, v in proto.items() if k != "sha256"})
+    proto["sha256"] = sha256_json({k: v for k, v in proto.items() if k != "sha256" and k not in PRESENTATION})
     return proto
 
 

@@ -7,7 +7,7 @@ Each implementation lives in one file and registers itself with a decorator::
 
 Listing must stay fast (``python -m benchmark ls`` < 3 s), so the registry never imports torch-heavy
 modules to discover names: it parses the source of the registry packages with :mod:`ast` and reads the
-``@register(kind, name)`` decorators (the lazy name -> module map of lm-evaluation-harness' ``MODEL_MAPPING``,
+``@register(kind, name, **facts)`` decorators (the lazy name -> module map of lm-evaluation-harness' ``MODEL_MAPPING``,
 derived from the files instead of written twice). ``get(kind, name)`` imports only the one module.
 
 Variants of one method that differ only in config defaults are *presets* of it, declared as a literal table::
@@ -26,6 +26,12 @@ recorded in each result beside the method name (the report's text-encoder ablati
 Plug-ins from other installed distributions declare entry points in the group ``sg2i_bench.plugins`` whose
 value is a module or package path (``toy = "my_pkg.plugins"``); the named module (or every module of the
 named package) is scanned for the same decorators, still without importing it.
+
+Facts about a plug-in are keyword arguments of its decorator, written as literals so that the parse reads them
+(``Entry.meta``) without importing anything. A metric declares ``outputs`` (each reported value's name ->
+higher is better) and ``mode`` (its implementation, as recorded in every result and shown by the leaderboard)::
+
+    @register("metric", "fid", outputs={"fid": False}, mode="clean-fid, clean mode, TF Inception pool3")
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import importlib.util
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 KINDS = ("method", "dataset", "metric", "text_encoder")
@@ -61,22 +68,55 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+# Declared facts each kind requires: name -> (type, description) (checked at registration and at parse time).
+REQUIRED_META: dict[str, dict[str, tuple[type, str]]] = {
+    "metric": {
+        "outputs": (dict, "each reported value's name -> higher is better (bool)"),
+        "mode": (str, "the implementation, e.g. 'clean-fid, clean mode, TF Inception pool3'"),
+    },
+}
+
+
 @dataclass(frozen=True)
 class Entry:
     kind: str
     name: str
     module: str
     summary: str
-    outputs: tuple[str, ...] = ()  # a metric's literal ``outputs = {"name": ...}`` keys, when written as a dict
+    meta: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # declared facts
     family: str = ""  # methods: the family a preset belongs to (a plain method is its own family)
     path: str = ""  # the source file that registers the name
     plugin: str = ""  # "distribution (entry point)" for names registered by an installed plug-in
 
+    @property
+    def outputs(self) -> dict[str, bool]:
+        """A metric's declared outputs: value name -> higher is better."""
+        return dict(self.meta.get("outputs", {}))
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Class/function decorator that registers ``obj`` under ``(kind, name)``."""
+    @property
+    def mode(self) -> str:
+        """A metric's declared implementation note."""
+        return str(self.meta.get("mode", ""))
+
+
+def check_meta(kind: str, name: str, meta: dict[str, Any], where: str = "") -> None:
+    """Fail with one line naming the plug-in (and file) and the keyword when a required fact is missing or
+    malformed."""
+    at = f"{where}: " if where else ""
+    for key, (tp, what) in REQUIRED_META.get(kind, {}).items():
+        if not isinstance(meta.get(key), tp):
+            raise ValueError(f"{at}@register({kind!r}, {name!r}): keyword {key!r} must be a literal {tp.__name__}: {what}")
+    outputs = meta.get("outputs")
+    if kind == "metric" and not (outputs and all(isinstance(k, str) and isinstance(v, bool) for k, v in outputs.items())):
+        raise ValueError(f"{at}@register({kind!r}, {name!r}): keyword 'outputs' must map names to True/False")
+
+
+def register(kind: str, name: str, **meta: Any) -> Callable[[T], T]:
+    """Class/function decorator that registers ``obj`` under ``(kind, name)`` with its declared facts ``meta``
+    (literals; see the module docstring). A metric class gets ``outputs`` and ``mode`` from them."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
+    check_meta(kind, name, meta)
 
     def deco(obj: T) -> T:
         prev = _REGISTRY[kind].get(name)
@@ -84,6 +124,10 @@ def register(kind: str, name: str) -> Callable[[T], T]:
             raise ValueError(f"{kind} {name!r} registered twice ({prev!r} and {obj!r})")
         _REGISTRY[kind][name] = obj
         obj.registry_name = name  # type: ignore[attr-defined]
+        obj.registry_meta = MappingProxyType(dict(meta))  # type: ignore[attr-defined]
+        if kind == "metric":
+            obj.outputs = dict(meta["outputs"])  # type: ignore[attr-defined]
+            obj.mode = meta["mode"]  # type: ignore[attr-defined]
         return obj
 
     return deco
@@ -102,17 +146,18 @@ def _module_files(package: str) -> list[tuple[str, Path]]:
     return out
 
 
-def _literal_outputs(node: ast.ClassDef | ast.FunctionDef) -> tuple[str, ...]:
-    """Keys of a class-level ``outputs = {"a": ..., "b": ...}`` dict literal (computed ones are not read)."""
-    for stmt in node.body if isinstance(node, ast.ClassDef) else ():
-        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else getattr(stmt, "target", None)
-        value = getattr(stmt, "value", None)
-        if getattr(target, "id", None) == "outputs" and isinstance(value, ast.Dict):
-            return tuple(k.value for k in value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
-    return ()
+def _literal_meta(dec: ast.Call, where: str) -> dict[str, Any]:
+    """The decorator's keyword arguments, which must be literals (read without importing the module)."""
+    meta = {}
+    for kw in dec.keywords:
+        try:
+            meta[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            raise ValueError(f"{where}:{kw.value.lineno}: @register keyword {kw.arg!r} must be a literal") from None
+    return meta
 
 
-def _decorator_names(tree: ast.Module) -> list[tuple[str, str, str, tuple[str, ...]]]:
+def _decorator_names(tree: ast.Module, where: str = "") -> list[tuple[str, str, str, dict[str, Any]]]:
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
@@ -125,7 +170,9 @@ def _decorator_names(tree: ast.Module) -> list[tuple[str, str, str, tuple[str, .
                 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in dec.args)
             ):
                 doc = (ast.get_docstring(node) or "").strip().splitlines()
-                found.append((dec.args[0].value, dec.args[1].value, doc[0] if doc else "", _literal_outputs(node)))
+                kind, name, meta = dec.args[0].value, dec.args[1].value, _literal_meta(dec, where)
+                check_meta(kind, name, meta, where)
+                found.append((kind, name, doc[0] if doc else "", meta))
     return found
 
 
@@ -137,7 +184,11 @@ def entries() -> dict[str, dict[str, Entry]]:
     sources = [(m, p, "") for package in SEARCH_PACKAGES for m, p in _module_files(package)]
     for module, path, plugin in sources + plugin_sources():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        found = [Entry(kind, name, module, summary, outputs) for kind, name, summary, outputs in _decorator_names(tree)]
+        found = [
+            Entry(kind, name, module, summary, MappingProxyType(meta))
+            for kind, name, summary, meta in _decorator_names(tree, str(path))
+            if kind in KINDS
+        ]
         families = _registered_families(tree)
         for e in found + _preset_entries(tree, module, path):
             family = e.family or (families.get(e.name, e.name) if e.kind == "method" else "")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark import distributed, registry
@@ -15,7 +13,7 @@ from benchmark.evaluate import evaluate
 from benchmark.interfaces import Method
 from benchmark.io import sha256_file
 from benchmark.protocol import load_protocol
-from benchmark.results import RunResult, downsample_history, rebuild_leaderboard, write_result
+from benchmark.results import RunResult, config_changes, downsample_history, rebuild_leaderboard, write_result
 from benchmark.train import load_method, resolve_device, train
 
 
@@ -48,11 +46,7 @@ def _record(
     if not distributed.is_main():
         return None, None  # type: ignore[return-value]  # under torchrun only rank 0 scores and writes
     weights = list(method.weight_provenance()) + metric_weights
-    now = datetime.now(timezone.utc)
-    result = RunResult(
-        schema_version="1",
-        run_id=f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}",
-        created=now.isoformat(timespec="seconds"),
+    result = RunResult(  # run_id and created: now (benchmark.io.new_run_id, utc_now)
         method=cfg.method,
         dataset=cfg.dataset,
         tier=cfg.tier,
@@ -61,6 +55,7 @@ def _record(
         protocol={"version": proto["version"], "sha256": proto["sha256"]},
         splits={"train": {"version": method.info.split_version, "sha256": method.info.split_sha256}, **splits},
         config=cfg.to_dict(),
+        config_changes=config_changes(cfg.to_dict(), cfg.method, cfg.dataset, cfg.tier, cfg.protocol),
         evaluations=evaluations,
         weights=weights,
         random_init=any(w.random_init for w in weights),
@@ -71,7 +66,7 @@ def _record(
         family=registry.family(cfg.method),
     )
     path = write_result(result, results_dir)
-    rebuild_leaderboard(results_dir)
+    rebuild_leaderboard(results_dir)  # the only rebuild of a run; the CLI prints this one (latest_leaderboard)
     return result, path
 
 

@@ -22,7 +22,6 @@ submitted again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import read_json, sha256_json
+from benchmark.io import file_lock, read_json, sha256_json
 from benchmark.paths import results_dir as default_results_dir
 
 EXECUTORS = ("local", "submitit-local", "slurm")
@@ -166,17 +165,8 @@ def pending(specs: Sequence[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
 def _run_lock(spec: RunSpec, key: str) -> Iterator[bool]:
     """A non-blocking lock per run key, so that two jobs never train the same run at once."""
     folder = Path(spec.out) / ".sweep-locks"  # beside the checkpoints, not in the results folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with file_lock(folder / f"{key}.lock", blocking=False) as held:
+        yield held
 
 
 def _export_torch_env() -> None:

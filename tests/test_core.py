@@ -66,7 +66,7 @@ def test_presets_are_the_family_class_with_other_config_defaults():
         (base,) = cls.__bases__
         assert base.family == fam == cls.family and cls.preset == name and cls.registry_name == name
         assert {k for k in vars(cls) if not k.startswith("_")} <= {"Config", "tier_overrides", "family", "preset",
-                                                                   "registry_name"}  # fmt: skip
+                                                                   "registry_name", "registry_meta"}  # fmt: skip
         assert cls.__doc__.startswith(methods[name].summary)  # ls shows the table's summary
         mine, theirs = dataclasses.asdict(cls.Config()), dataclasses.asdict(base.Config())
         changed = {k for k in mine if mine[k] != theirs[k]}

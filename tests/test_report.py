@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from benchmark.results import (
     load_reported,
     load_result,
     mean_std_csv,
+    producer,
     rebuild_leaderboard,
     write_result,
 )
@@ -56,7 +58,10 @@ def result(
         "eval": {"layout": layout, "num_graphs": 8, "splits": ["test"]},
         "method_cfg": kw.pop("method_cfg", {}),
     }
-    metrics = {"fid": MetricValue(fid, False), "object_acc_small": MetricValue(0.5, True)}
+    metrics = {  # each value records what produced it (as evaluate.score does)
+        "fid": MetricValue(fid, False, None, *producer("fid")),
+        "object_acc_small": MetricValue(0.5, True, None, *producer("object_acc_small")),
+    }
     return RunResult(
         method=method,
         dataset="shapes",
@@ -99,19 +104,23 @@ def test_groups_are_mean_and_sample_std_over_seeds() -> None:
         "seed 0: 2 results" in main.notes
     )  # the device differs: same group; the latest seed-0 result counts
     assert other.metrics["fid"].std is None and other.seeds == (5,)  # one seed: no spread claimed
-    assert main.variant == "train.steps=2" and other.variant == "train.steps=4"
+    # variants are differences from the tier's defaults (shapes smoke trains 2 steps): 4 steps is off-protocol
+    assert main.variant == "" and other.variant == "train.steps=4"
+    assert main.flags == () and other.flags == ("off-protocol",)
     assert main.sample_s_per_image.mean == pytest.approx(1.6 / 16)
     assert (
         "8 real vs 16 generated (2/graph), 32 px" in main.metric_mode and "fid: clean-fid" in main.metric_mode
     )
     rows = list(csv.DictReader(io.StringIO(mean_std_csv(groups))))
     by_steps = {r["variant"]: r for r in rows}
-    assert by_steps["train.steps=2"]["n_seeds"] == "3" and by_steps["train.steps=2"]["seeds"] == "0 1 2"
-    assert float(by_steps["train.steps=2"]["fid std"]) == pytest.approx(2.0)
+    assert by_steps[""]["n_seeds"] == "3" and by_steps[""]["seeds"] == "0 1 2"
+    assert float(by_steps[""]["fid std"]) == pytest.approx(2.0)
     assert (
         by_steps["train.steps=4"]["fid std"] == "" and by_steps["train.steps=4"]["fid mean (lower)"] == "7.0"
     )
-    assert by_steps["train.steps=2"]["n_real"] == "8" and by_steps["train.steps=2"]["n_generated"] == "16"
+    assert by_steps[""]["n_real"] == "8" and by_steps[""]["n_generated"] == "16"
+    assert by_steps[""]["rank"] == "1" and by_steps["train.steps=4"]["rank"] == ""  # off-protocol: never ranked
+    assert by_steps["train.steps=4"]["flags"] == "off-protocol"
 
 
 def test_rebuild_writes_both_leaderboards(tmp_path: Path) -> None:
@@ -335,9 +344,10 @@ def _browser() -> str | None:
     return None
 
 
-def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict[str, Any]]:
+def _images_in_browser(browser: str, page: Path, profile: Path, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     cmd = [
         browser,
+        *extra,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -352,6 +362,39 @@ def _images_in_browser(browser: str, page: Path, profile: Path) -> list[dict[str
     m = re.search(r'<pre id="img-check">(.*?)</pre>', dom, re.S)
     assert m, f"the check script did not run; DOM starts: {dom[:300]!r}"
     return json.loads(html.unescape(m.group(1)))
+
+
+_WIDTHS = """<script>
+window.addEventListener("load", function () {
+  var out = [], el = document.getElementById("leaderboard").nextElementSibling;
+  for (; el && el.tagName !== "H2"; el = el.nextElementSibling) {
+    if (el.tagName === "TABLE" && !el.querySelector("caption")) {
+      out.push({scroll: el.scrollWidth, client: el.clientWidth, right: el.getBoundingClientRect().right,
+                header: Array.from(el.querySelectorAll("th")).map(function (th) { return th.textContent; })});
+    }
+  }
+  var pre = document.createElement("pre");
+  pre.id = "img-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+@pytest.mark.slow
+def test_report_leaderboard_fits_1000_px(smoke: dict[str, Any], tmp_path: Path) -> None:
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium/Chrome on PATH (apt-get install chromium) to render the report")
+    page = smoke["out"] / "widths.html"
+    page.write_text(smoke["report"].html.read_text(encoding="utf-8").replace("</body>", _WIDTHS + "</body>"))
+    tables = _images_in_browser(browser, page, tmp_path / "profile", ["--window-size=1000,2000"])
+    page.unlink()
+    assert tables, "no leaderboard table found"
+    for t in tables:  # no horizontal scrolling, nothing past the window's right edge, every primary metric shown
+        assert t["scroll"] <= t["client"] + 1 and t["right"] <= 1000, t
+        assert {"fid ↓", "kid ↓", "object_acc_small ↑", "sg_consistency ↑"} <= set(t["header"]), t["header"]
 
 
 @pytest.mark.slow

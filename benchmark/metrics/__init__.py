@@ -1,4 +1,10 @@
-"""Evaluation metrics. Each module registers its metrics with ``@register("metric", name)``.
+"""Evaluation metrics. Each module registers its metrics with their facts as literals::
+
+    @register("metric", "fid", outputs={"fid": False}, mode="clean-fid, clean mode, TF Inception pool3")
+
+``outputs``: each reported value's name -> higher is better; ``mode``: the implementation, recorded with every
+value in the results and shown by the leaderboard. A metric that a dataset ranks by is listed in the
+``"primary"`` list of the dataset's ``protocol.json``.
 
 * :mod:`benchmark.metrics.inception` -- the FID Inception-v3 (TF ``inception-2015-12-05``, pool3) weight
   resolver and in-memory clean-fid-compatible feature extraction.

@@ -59,14 +59,17 @@ def box_ious(inputs: EvalInputs) -> Tensor:
     return torch.cat(ious) if ious else torch.zeros(0, dtype=torch.float64)
 
 
-@register("metric", "box_recall")
+@register(
+    "metric",
+    "box_recall",
+    outputs={"box_recall@0.3": True, "box_recall@0.5": True},
+    mode="Fraction of objects whose predicted box has IoU >= 0.3 / 0.5 with the ground truth",
+)
 class BoxRecall(Metric):
     """Fraction of objects whose predicted box has IoU >= 0.3 / 0.5 with the ground truth; higher is better."""
 
-    outputs = {f"box_recall@{t}": True for t in THRESHOLDS}
-
     def __init__(self) -> None:
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
 
     def compute(self, inputs: EvalInputs) -> dict[str, float | None]:
         if inputs.layout != "pred":

@@ -165,16 +165,19 @@ def clip_scores(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-@register("metric", "clip_score")
+@register(
+    "metric",
+    "clip_score",
+    outputs={"clip_score": True},
+    mode="100 * max(cos, 0), open_clip ViT-B-32/openai",
+)
 class ClipScore(Metric):
     """CLIPScore (100 * max(cos, 0), open_clip ViT-B-32/openai) between images and their graph's phrase."""
-
-    outputs = {"clip_score": True}
 
     def __init__(self, weights: str = "", batch_size: int = 64) -> None:
         self.weights = weights
         self.batch_size = batch_size
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self._used: list[WeightProvenance] = []
 
     def compute(self, inputs: EvalInputs) -> dict[str, float | None]:

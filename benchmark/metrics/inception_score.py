@@ -105,16 +105,14 @@ def inception_score_from_logits(logits: Tensor, splits: int = SPLITS) -> tuple[f
     return float(out["inception_score_mean"]), float(out["inception_score_std"])
 
 
-@register("metric", "inception_score")
+@register("metric", "inception_score", outputs={"is": True}, mode="torch-fidelity, TF Inception logits")
 class InceptionScore(Metric):
     """Inception Score, 10 splits (torch-fidelity, TF Inception logits); higher is better. Needs the weights file."""
-
-    outputs = {"is": True}
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32) -> None:
         self.weights = weights
         self.batch_size = batch_size
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self._used: list[WeightProvenance] = []
         self.last_std: float | None = None
 

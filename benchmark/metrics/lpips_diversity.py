@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, WeightProvenance
-from benchmark.metrics.inception import file_sha256
+from benchmark.io import file_sha256
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
 from benchmark.registry import register
 
@@ -98,15 +98,13 @@ def pair_distances(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-@register("metric", "lpips_diversity")
+@register("metric", "lpips_diversity", outputs={"lpips_diversity": True}, mode="AlexNet, v0.1")
 class LPIPSDiversity(Metric):
     """Mean LPIPS (AlexNet, v0.1) between samples of the same graph; higher is more diverse. Needs >= 2 samples."""
 
-    outputs = {"lpips_diversity": True}
-
     def __init__(self, weights: str | Path | None = None) -> None:
         self.weights = weights
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self._used: list[WeightProvenance] = []
         self.last_pairs = 0
 

@@ -580,14 +580,12 @@ def generated_crop_accuracy(
     return correct, total
 
 
-@register("metric", "object_acc_small")
+@register("metric", "object_acc_small", outputs={"object_acc_small": True}, mode="all factor heads right")
 class ObjectAccuracySmall(Metric):
     """Object accuracy of a small CNN trained on real GT-box crops (all factor heads right); higher is better."""
 
-    outputs = {"object_acc_small": True}
-
     def __init__(self) -> None:
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self._used: dict[str, WeightProvenance] = {}
         self.last_counts: tuple[int, int] = (0, 0)
 

@@ -422,16 +422,19 @@ def generated_accuracy(
     return correct, total
 
 
-@register("metric", "object_acc_resnet")
+@register(
+    "metric",
+    "object_acc_resnet",
+    outputs={"object_acc_resnet": True},
+    mode="ImageNet init, fine-tuned on real crops",
+)
 class ObjectAccuracyResNet(Metric):
     """Object accuracy of Grid2Im's ResNet-101 (ImageNet init, fine-tuned on real crops); higher is better."""
-
-    outputs = {"object_acc_resnet": True}
 
     def __init__(self, recipe: Recipe = Recipe(), weights: str | Path | None = None) -> None:
         self.recipe = recipe
         self.weights = weights
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self._used: list[WeightProvenance] = []
         self.last_counts: tuple[int, int] = (0, 0)
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from benchmark.interfaces import MetricUnavailable, WeightProvenance
-from benchmark.metrics.inception import file_sha256
+from benchmark.io import file_sha256
 
 
 @dataclass(frozen=True)

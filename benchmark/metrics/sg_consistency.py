@@ -366,14 +366,17 @@ def consistency_counts(
     return out
 
 
-@register("metric", "sg_consistency")
+@register(
+    "metric",
+    "sg_consistency",
+    outputs={"sg_consistency": True, "sg_object_recall": True},
+    mode="shapes only",
+)
 class SceneGraphConsistency(Metric):
     """Relation satisfaction and object recall measured in the image without the method's layout (shapes only)."""
 
-    outputs = {"sg_consistency": True, "sg_object_recall": True}
-
     def __init__(self) -> None:
-        self.unavailable: dict[str, str] = {}
+        super().__init__()
         self.last_counts = ConsistencyCounts()
 
     def compute(self, inputs: EvalInputs) -> dict[str, float | None]:

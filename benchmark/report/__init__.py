@@ -5,10 +5,11 @@ Everything is read from the result files (``results/runs/*.json``), the committe
 
     reports/report.md, reports/report.html, reports/figures/*.png
 
-Sections: provenance, the reproduced leaderboard (mean ± std over seeds), the published numbers (a separate
-table, never ranked with the reproduced rows), per-metric bar charts per dataset, ablations found in the
-results (text encoder by generator, with/without layout, guidance scale, sampler steps against the metrics
-and the time per image), training curves, sample grids, and the list of result files.
+Sections: provenance, the reproduced leaderboard (one ranked table per dataset and split, the tables of
+:mod:`benchmark.results.tables`), per-metric bar charts per dataset, ablations found in the results (text
+encoder by generator, with/without layout, guidance scale, sampler steps against the metrics and the time per
+image), training curves, sample grids, then the published numbers (a separate table, never ranked with the
+reproduced rows) and the list of result files.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmark.io import parse_utc as parse_created
+from benchmark.io import utc_now
 from benchmark.paths import reports_dir
 from benchmark.paths import results_dir as default_results_dir
 from benchmark.report import render
@@ -34,15 +36,15 @@ from benchmark.results import (
     group_runs,
     load_reported,
     metric_columns,
-    metric_entry,
-    metric_modes,
+    producer,
     reported_path,
     scan_runs,
+    views,
     weights_summary,
 )
-from benchmark.results import _parse_created as parse_created
 
 TITLE = "Scene-graph-to-image benchmark report"
+HTML_TABLE_CHARS = 116  # leaderboard tables keep to ~1,000 px in the report's 12.5 px font
 
 
 def show(path: Path) -> str:
@@ -102,7 +104,7 @@ class _Builder:
         self.add(
             Bullets(
                 [
-                    f"Built {datetime.now(timezone.utc).isoformat(timespec='seconds')} by the code at commit "
+                    f"Built {utc_now()} by the code at commit "
                     f"{commit}{' (with uncommitted changes)' if dirty else ''}.",
                     f"Results: {len(runs) + len(excluded) + len(bad)} file(s) in {show(self.results / 'runs')}; {len(runs)} ranked, "
                     f"{len(excluded)} excluded for randomly initialised weights, {len(bad)} malformed (skipped).",
@@ -110,8 +112,10 @@ class _Builder:
                     + (", ".join(f"{c} ({n} run(s))" for c, n in sorted(commits.items())) or "none"),
                     "Protocols: " + (", ".join(f"{d} v{v} (sha256 {s})" for d, v, s in protos) or "none"),
                     "Every number comes from these result files. Rows group the runs that differ only in the seed; "
-                    "mean ± std is the mean and the sample standard deviation (n - 1) over seeds; '± -' marks a single "
-                    "seed (no spread measured). The seeds of each row are listed in it.",
+                    "mean ± std is the mean and the sample standard deviation (n - 1) over seeds, shown only with two "
+                    "seeds or more. The seeds of each row are listed in it. A variant label lists the settings that "
+                    "differ from the tier's defaults; rows whose budget differs from the tier's (off-protocol) are "
+                    "shown but not ranked.",
                     f"CSV files: {show(self.results / LEADERBOARD)} (one row per run) and {show(self.results / LEADERBOARD_MEAN_STD)} "
                     "(the leaderboard rows below), rebuilt by `python -m benchmark leaderboard` and after every run.",
                 ]
@@ -123,65 +127,31 @@ class _Builder:
         if not groups:
             self.note("No ranked results yet: run `python -m benchmark run ...` first.")
             return
-        cols = metric_columns(groups)
+        for view in views(groups, HTML_TABLE_CHARS):
+            self.add(Heading(3, view.title), Table(view.header, view.rows, numeric=view.numeric))
+            self.add(*(Para(n, "small") for n in view.notes))
         impls = {i: f"M{k + 1}" for k, i in enumerate(dict.fromkeys(g.metric_impl for g in groups))}
         for dataset in sorted({g.dataset for g in groups}):
-            rows = [g for g in groups if g.dataset == dataset]
-            header = [
-                "method",
-                "variant",
-                "tier",
-                "split",
-                "layout",
-                "px",
-                "protocol",
-                "seeds",
-                "n_real",
-                "n_gen",
-                *(f"{n} ({'↑' if h else '↓'})" for n, h in cols),
-                "s/image",
-                "metric mode",
-                "config",
-                "commit",
-            ]
-            body = []
-            for g in rows:
-                cells = []
-                for n, h in cols:
-                    s = g.metrics.get(n) if g.higher.get(n) == h else None
-                    cell = fmt_mean_std(s.mean, s.std) if s else ""
-                    if s is not None and s.mean is None and n in g.unavailable:
-                        cell = "unavailable"
-                    cells.append(cell)
+            details = []
+            for g in (g for g in groups if g.dataset == dataset):
                 t = g.sample_s_per_image
-                body.append(
-                    [
-                        g.method,
-                        g.variant,
-                        g.tier,
-                        g.split,
-                        g.layout,
-                        str(g.image_size),
-                        f"v{g.protocol_version}",
-                        " ".join(map(str, g.seeds)),
-                        str(g.n_real),
-                        str(g.n_generated),
-                        *cells,
-                        f"{t.mean:.3g}" if t.mean is not None else "",
-                        impls[g.metric_impl],
-                        g.config_id,
-                        " ".join(g.git_commits),
-                    ]
+                variant = "; ".join(filter(None, [g.variant, *g.flags])) or "-"
+                details.append([
+                    g.split, g.tier, g.layout, g.method, variant, f"{g.n_real} / {g.n_generated}",
+                    f"{t.mean:.3g}" if t.mean is not None else "", impls[g.metric_impl], g.config_id,
+                ])  # fmt: skip
+            self.add(
+                Table(
+                    ["split", "tier", "layout", "method", "variant (vs tier defaults); flags", "N real / gen",
+                     "s/image", "metric mode", "config"],  # fmt: skip
+                    details,
+                    caption=f"{dataset}: rows in detail",
+                    numeric=[False] * 5 + [True, True, False, False],
                 )
-            numeric = [False] * 7 + [False, True, True] + [True] * len(cols) + [True, False, False, False]
-            if not any(g.variant for g in rows):
-                header.pop(1)
-                body = [r[:1] + r[2:] for r in body]
-                numeric.pop(1)
-            self.add(Heading(3, f"{dataset}"), Table(header, body, numeric=numeric))
+            )
         self.add(
             Table(
-                ["metric mode", "implementations (with n_real vs n_gen and px of each row)"],
+                ["metric mode", "implementations recorded in the results"],
                 [[k, i or "-"] for i, k in impls.items()],
                 caption="Metric modes",
             )
@@ -198,7 +168,6 @@ class _Builder:
                 Para("Unavailable metrics (never computed with substitute weights):", "small"),
                 Bullets(unavailable),
             )
-        modes = metric_modes()
         weights: dict[str, set[str]] = {}
         for r in runs:
             for w in r.weights:
@@ -207,15 +176,9 @@ class _Builder:
 
         summaries = registry.entries()["metric"]
         defs = []
-        for n, h in cols:
-            entry = metric_entry(n, modes)
-            defs.append(
-                [
-                    n,
-                    "higher" if h else "lower",
-                    summaries[entry].summary if entry else "(not registered here)",
-                ]
-            )
+        for n, h in metric_columns(groups):
+            entry = producer(n)[0]
+            defs.append([n, "higher" if h else "lower", summaries[entry].summary if entry else "(not registered here)"])
         self.add(Table(["metric", "better", "implementation (registry)"], defs, caption="Metrics"))
         self.add(
             Table(
@@ -236,7 +199,7 @@ class _Builder:
             Para(
                 f"Transcribed from the literature notes into {show(path)}. These numbers were NOT produced by this suite: "
                 "protocols, sample counts and metric implementations differ between papers (see each row), so they are "
-                "listed apart and never ranked together with the reproduced rows above. ⚠ marks numbers that the notes "
+                "listed apart and never ranked together with the reproduced results above. ⚠ marks numbers that the notes "
                 "flag as unverified (recalled [R], or tables still to be checked against the paper).",
                 "small",
             )
@@ -602,11 +565,11 @@ def build_report(
     groups = group_runs(runs)
     b.provenance(runs, excluded, bad)
     b.leaderboard(groups, runs)
-    b.reported()
     b.bars(groups)
     b.ablations(groups)
     b.curves(runs)
     b.grids(runs, all_runs)
+    b.reported()  # published numbers after everything reproduced
     b.run_files(runs, excluded, bad)
     out.mkdir(parents=True, exist_ok=True)
     from benchmark.io import atomic_write_text

@@ -68,7 +68,7 @@ code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 
 
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", "<br>")
+    return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", "<br>")
 
 
 def to_markdown(title: str, blocks: Sequence[Block]) -> str:

@@ -26,27 +26,16 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.interfaces import WeightProvenance
-from benchmark.io import atomic_write_bytes, file_lock, sha256_file, sha256_json
+from benchmark.io import atomic_write_bytes, file_lock, sha256_json
 from benchmark.paths import cache_dir
 from benchmark.registry import get
 
 CACHE_FORMAT = "1"  # bump when pooling/normalisation changes so old cached tables are not reused
 ENCODE_BATCH = 64
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 
 class WeightsUnavailable(RuntimeError):
     """The weights of a text encoder cannot be found; the message says what is missing and how to provide it."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per process by (path, size, mtime) so big checkpoints are hashed once."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(p)
-    return _SHA_MEMO[key]
 
 
 def hub_offline() -> bool:

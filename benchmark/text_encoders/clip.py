@@ -32,14 +32,13 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.interfaces import WeightProvenance
-from benchmark.io import atomic_write_text
+from benchmark.io import atomic_write_text, file_sha256
 from benchmark.paths import cache_dir
 from benchmark.registry import register
 from benchmark.text_encoders.base import (
     TextEncoder,
     WeightsUnavailable,
     encode_batched,
-    file_sha256,
     seeded_init,
 )
 

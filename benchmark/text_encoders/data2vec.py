@@ -27,13 +27,12 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.interfaces import WeightProvenance
-from benchmark.io import sha256_json
+from benchmark.io import file_sha256, sha256_json
 from benchmark.registry import register
 from benchmark.text_encoders.base import (
     TextEncoder,
     WeightsUnavailable,
     encode_batched,
-    file_sha256,
     hub_offline,
     l2_normalize,
     mean_pool,

@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.interfaces import WeightProvenance
+from benchmark.io import file_sha256
 from benchmark.registry import register
 from benchmark.text_encoders.base import (
     TextEncoder,
     WeightsUnavailable,
     encode_batched,
-    file_sha256,
     l2_normalize,
     mean_pool,
 )

@@ -38,6 +38,10 @@ class ToyBlocks(SceneGraphDataset):
         return cls(split, image_size)
 
     @classmethod
+    def write_fixture(cls, root: Path) -> None:
+        """Nothing to write: toy_blocks is generated from the split name."""
+
+    @classmethod
     def prepare(cls, root: Path | None = None, raw: Path | None = None) -> str:
         return "toy_blocks: generated on the fly, nothing to prepare"
 

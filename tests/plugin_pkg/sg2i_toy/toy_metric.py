@@ -6,14 +6,9 @@ from benchmark.interfaces import EvalInputs, Metric
 from benchmark.registry import register
 
 
-@register("metric", "toy_color_gap")
+@register("metric", "toy_color_gap", outputs={"toy_color_gap": False}, mode="mean RGB of real vs generated, L2")
 class ToyColorGap(Metric):
     """Toy plug-in metric (mean RGB of real vs generated, L2 distance in [0, 1] units); lower is better."""
-
-    outputs = {"toy_color_gap": False}
-
-    def __init__(self) -> None:
-        self.unavailable: dict[str, str] = {}
 
     def compute(self, inputs: EvalInputs) -> dict[str, float | None]:
         real = inputs.real.float().mean(dim=(0, 2, 3)) / 255
