@@ -900,7 +900,11 @@ class Sg2Im(Method):
                 d_obj_gan_loss=d_gan.item(), d_ac_loss_real=ac_real.item(), d_ac_loss_fake=ac_fake.item()
             )
         if self.img_discriminator is not None:
-            d_gan = self.gan_d_loss(self.img_discriminator(imgs), self.img_discriminator(fake))
+            # train.py scores the fakes first (`scores_fake = img_discriminator(imgs_fake)`, then real): with
+            # BatchNorm in the discriminator the order sets its running statistics, so it follows the reference.
+            scores_fake = self.img_discriminator(fake)
+            scores_real = self.img_discriminator(imgs)
+            d_gan = self.gan_d_loss(scores_real, scores_fake)
             self.optimizer_d_img.zero_grad(set_to_none=True)
             d_gan.backward()
             self.optimizer_d_img.step()
