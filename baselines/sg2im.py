@@ -950,11 +950,6 @@ class Sg2Im(Method):
         return self.predict_layout(batch)[0]
 
 
-def _random_smoke() -> dict[str, Any]:
-    """Smoke tier of a frozen-encoder variant: explicit random encoder weights (plumbing only, random_init)."""
-    return {**_SMOKE, "method.text_encoder_weights": "random"}
-
-
 @dataclass(frozen=True)
 class Sg2ImClipConfig(Sg2ImConfig):
     text_encoder: str = "clip"
@@ -975,7 +970,7 @@ class Sg2ImClip(Sg2Im):
     """SG2Im with frozen CLIP text embeddings of the object/predicate phrases (+ learned projection)."""
 
     Config = Sg2ImClipConfig
-    tier_overrides = {**Sg2Im.tier_overrides, "smoke": _random_smoke()}
+    tier_overrides = {**Sg2Im.tier_overrides}  # random encoder weights only by name (--set ...=random)
 
 
 @register("method", "sg2im_data2vec")
@@ -983,7 +978,7 @@ class Sg2ImData2Vec(Sg2Im):
     """SG2Im with frozen data2vec-text embeddings of the object/predicate phrases (+ learned projection)."""
 
     Config = Sg2ImData2VecConfig
-    tier_overrides = {**Sg2Im.tier_overrides, "smoke": _random_smoke()}
+    tier_overrides = {**Sg2Im.tier_overrides}  # random encoder weights only by name (--set ...=random)
 
 
 @register("method", "sg2im_minilm")

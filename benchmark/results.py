@@ -348,6 +348,8 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=current_environment)
     timings: dict[str, float]
     train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
+    # {split: [samples found, samples the protocol has]} when run with --allow-partial-data; never ranked
+    partial_data: dict[str, list[int]] | None = None
 
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "schema_version", "run_id", "created", "method", "dataset", "tier", "seed", "image_size", "protocol",
@@ -406,6 +408,15 @@ class RunResult:
         put("timings", {k: _num(v, f"timings.{k}", 0.0) for k, v in timings.items()})
         if self.train_history is not None:
             put("train_history", _history(self.train_history, "train_history"))
+        if self.partial_data is not None:
+            pd = _mapping(self.partial_data, "partial_data")
+            put("partial_data", {s: [_int(n, f"partial_data.{s}") for n in _list(v, f"partial_data.{s}")]
+                                 for s, v in pd.items()})  # fmt: skip
+
+    @property
+    def unranked(self) -> bool:
+        """Kept off the ranked leaderboard: random-init weights or a dataset smaller than the protocol's."""
+        return self.random_init or bool(self.partial_data)
 
     @property
     def filename(self) -> str:
@@ -417,6 +428,8 @@ class RunResult:
         d["weights"] = [asdict(w) for w in self.weights]
         if self.train_history is not None:
             d["train_history"] = self.train_history
+        if self.partial_data is not None:
+            d["partial_data"] = self.partial_data
         return d
 
     @classmethod
@@ -425,7 +438,7 @@ class RunResult:
         if isinstance(obj, (str, Path)):
             return load_result(obj)
         d = _mapping(obj, "<result>")
-        _fields(d, cls._REQUIRED, ("train_history",))
+        _fields(d, cls._REQUIRED, ("train_history", "partial_data"))
         _str(d["run_id"], "run_id")  # only construction in code may leave these to default
         _str(d["created"], "created")
         evals = []
@@ -516,8 +529,8 @@ def rebuild_leaderboard(
     echo = echo or _log.info
     with file_lock(root / ".leaderboard.lock"):
         runs, bad = scan_runs(root)
-        ranked = [r for r in runs if not r.random_init]
-        excluded = [r for r in runs if r.random_init]
+        ranked = [r for r in runs if not r.unranked]
+        excluded = [r for r in runs if r.unranked]
         metric_cols = sorted(
             {
                 (name, m.higher_is_better)
@@ -556,8 +569,12 @@ def rebuild_leaderboard(
     msg += f"; {root / LEADERBOARD_MEAN_STD}: {len(groups)} row(s), mean and std over seeds"
     if excluded:
         ids = ", ".join(f"{r.run_id} ({weights_summary([w for w in r.weights if w.random_init]) or 'flagged'})"
-                        for r in excluded)  # fmt: skip
-        msg += f"; excluded {len(excluded)} run(s) with randomly initialised weights (never ranked): {ids}"
+                        for r in excluded if r.random_init)  # fmt: skip
+        partial = ", ".join(r.run_id for r in excluded if not r.random_init)
+        if ids:
+            msg += f"; excluded run(s) with randomly initialised weights (never ranked): {ids}"
+        if partial:
+            msg += f"; excluded run(s) on partial data (--allow-partial-data, never ranked): {partial}"
     if bad:
         msg += f"; skipped {len(bad)} malformed file(s): {', '.join(p.name for p, _ in bad)}"
     echo(msg)
@@ -632,9 +649,14 @@ GROUP_TAIL = ("sample_s_per_image", "weights", "git_commit", "config_id", "run_i
 
 
 def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"eval": {"layout": "gt"}}`` -> ``{"eval.layout": "gt"}`` (lists become tuples, so values hash)."""
+    """``{"eval": {"layout": "gt"}}`` -> ``{"eval.layout": "gt"}`` (lists become tuples, so values hash); a method
+    field under its old name (``benchmark.config.RENAMED_FIELDS``, e.g. ``lr``) reads as its new name."""
+    from benchmark.config import RENAMED_FIELDS
+
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if prefix == "method_cfg.":
+            k = RENAMED_FIELDS.get(k, k)
         if isinstance(v, Mapping):
             out.update(flatten_config(v, f"{prefix}{k}."))
         else:
@@ -794,7 +816,7 @@ def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
     """Group evaluations over seeds (see :class:`SeedGroup`); random-init runs are never grouped (never ranked)."""
     buckets: dict[tuple[Any, ...], dict[int, list[tuple[RunResult, SplitEvaluation]]]] = {}
     for r in runs:
-        if r.random_init:
+        if r.unranked:
             continue
         cfg = {k: v for k, v in flatten_config(r.config).items() if k not in GROUP_IGNORED}
         for ev in r.evaluations:

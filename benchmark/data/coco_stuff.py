@@ -71,12 +71,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import SceneGraphDataset
 from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file, sha256_json
 from benchmark.paths import assets_dir, data_root
+from benchmark.progress import tqdm
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, Vocab
 

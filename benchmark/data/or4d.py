@@ -65,12 +65,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import SceneGraphDataset
 from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file, sha256_json
 from benchmark.paths import cache_dir, data_root
+from benchmark.progress import tqdm
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN, IN_IMAGE, SceneGraphError, Vocab, _lookup
 
@@ -730,6 +730,29 @@ class Or4dDataset(SceneGraphDataset):
         self._a = arrays
 
     @classmethod
+    def requirements(
+        cls, splits: Sequence[str], root: Path | None = None, camera: int = DEFAULT_CAMERA
+    ) -> tuple[list[str], dict[str, tuple[int, int]]]:
+        """Everything ``splits`` need that is missing (one line per kind, with where to get it, all at once) and
+        each readable split's (scans found, scans in 4D-OR); nothing is decoded. Used by ``run``'s preflight."""
+        root = Path(root) if root is not None else data_root() / DATASET
+        missing: dict[str, list[Path]] = {k: [] for k in ("annotations", "take", "image", "segmentation")}
+        sizes: dict[str, tuple[int, int]] = {}
+        for split in dict.fromkeys(splits):
+            _check_split(split)
+            takes = [take_dir(root, t) for t in TAKE_SPLIT[split]]
+            missing["take"] += [d for d in takes if not d.is_dir()]
+            if camera in SEGMENTATION_CAMERAS:  # a separate archive: needed also where the take is missing
+                seg = [d / f"segmentation_export_{camera}" for d in takes]
+                missing["segmentation"] += [d for d in seg if not d.is_dir()]
+            res = resolve(root, split, camera)
+            for kind in ("annotations", "take", "image"):
+                missing[kind] += res.missing[kind]
+            if not res.missing["annotations"]:
+                sizes[split] = (len(res.samples), EXPECTED_SIZES[split])
+        return _missing_report(root, {k: list(dict.fromkeys(v)) for k, v in missing.items()}), sizes
+
+    @classmethod
     def build(
         cls,
         split: str,
@@ -797,7 +820,8 @@ class Or4dDataset(SceneGraphDataset):
             if res.samples and not any(res.missing.values()):
                 atomic_write_json(manifest_path(root, split), _manifest(root, res))
         lines += _camera_coverage(root)
-        if problems:
+        if problems:  # everything missing at once (take folders and segmentations too), not split by split
+            problems = cls.requirements(SPLITS, root)[0] or problems
             raise FileNotFoundError("\n".join([*lines, "4dor: files are missing:", *problems]))
         for split, res in resolved.items():
             if not res.samples:

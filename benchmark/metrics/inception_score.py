@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, WeightProvenance
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 SPLITS = 10
@@ -108,6 +108,8 @@ def inception_score_from_logits(logits: Tensor, splits: int = SPLITS) -> tuple[f
 @register("metric", "inception_score")
 class InceptionScore(Metric):
     """Inception Score, 10 splits (torch-fidelity, TF Inception logits); higher is better. Needs the weights file."""
+
+    weights_missing = staticmethod(WEIGHTS.missing)  # checked before a run (benchmark/preflight.py)
 
     outputs = {"is": True}
 

@@ -49,12 +49,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, SceneGraphDataset, WeightProvenance
 from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file
 from benchmark.paths import cache_dir
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 CLASSIFIER_VERSION = "1"

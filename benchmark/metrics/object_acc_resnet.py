@@ -43,7 +43,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, SceneGraphDataset, WeightProvenance
@@ -62,6 +61,7 @@ from benchmark.metrics.object_acc import (
 )
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
 from benchmark.paths import cache_dir
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 VERSION = "1"
@@ -425,6 +425,8 @@ def generated_accuracy(
 @register("metric", "object_acc_resnet")
 class ObjectAccuracyResNet(Metric):
     """Object accuracy of Grid2Im's ResNet-101 (ImageNet init, fine-tuned on real crops); higher is better."""
+
+    weights_missing = staticmethod(WEIGHTS.missing)  # checked before a run (benchmark/preflight.py)
 
     outputs = {"object_acc_resnet": True}
 

@@ -63,6 +63,14 @@ class WeightsSpec:
                 return p.resolve()
         raise MetricUnavailable(f"{self.what}: weights not found; {self.how_to_provide()}")
 
+    def missing(self) -> str | None:
+        """Why :meth:`resolve` would fail (None when the weights are here); for the run's preflight."""
+        try:
+            self.resolve()
+        except MetricUnavailable as e:
+            return str(e)
+        return None
+
     def provenance(self, name: str, path: Path) -> WeightProvenance:
         """Where the weights came from; ``random_init=True`` unless the file is the published one."""
         sha = file_sha256(path)
