@@ -740,12 +740,14 @@ class Or4dDataset(SceneGraphDataset):
         sizes: dict[str, tuple[int, int]] = {}
         for split in dict.fromkeys(splits):
             _check_split(split)
-            takes = [take_dir(root, t) for t in TAKE_SPLIT[split]]
-            missing["take"] += [d for d in takes if not d.is_dir()]
+            res = resolve(root, split, camera)
+            # The takes the annotations name; without annotations, every take of the split (4D-OR's TAKE_SPLIT).
+            takes = [take_dir(root, t) for t in sorted({s.take for s in res.scans} or set(TAKE_SPLIT[split]))]
+            if res.missing["annotations"]:
+                missing["take"] += [d for d in takes if not d.is_dir()]
             if camera in SEGMENTATION_CAMERAS:  # a separate archive: needed also where the take is missing
                 seg = [d / f"segmentation_export_{camera}" for d in takes]
                 missing["segmentation"] += [d for d in seg if not d.is_dir()]
-            res = resolve(root, split, camera)
             for kind in ("annotations", "take", "image"):
                 missing[kind] += res.missing[kind]
             if not res.missing["annotations"]:
