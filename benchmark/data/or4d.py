@@ -1,6 +1,6 @@
 """``4dor``: 4D-OR semantic scene graphs of simulated knee surgeries (egeozsoy/4D-OR, MICCAI 2022).
 
-Files followed (formats in ``shared/reference/dataset-formats.md`` section 3; repository egeozsoy/4D-OR):
+Files followed (formats in ``datasets/4dor/README.md``; repositories egeozsoy/4D-OR and egeozsoy/MM-OR):
 
 - ``data/relationships_{train,validation,test}.json`` (4D-OR repository ``data/``): ``{"scans": [...]}``,
   each scan ``{"take_idx", "scan" (6-digit string), "objects" {"1": name, ...}, "relationships" [[subj_key,
@@ -33,7 +33,7 @@ Layout. Where the chosen camera has a panoptic export for the frame, an object's
 rectangle of its label's pixels (MM-OR ``or_dataset.py``: ``cv2.boundingRect(mask == label)``), normalised
 by the label map's size, and its mask the 16x16 crop of those pixels (area-resized, a cell is on when more
 than half of it is covered). Humans join the label map through their role (``head surgeon`` -> label 10
-``head_surgeon`` ...; dataset-formats.md 3.6). Objects without a label (``instrument``, ``person``), without
+``head_surgeon`` ...; MM-OR's role names). Objects without a label (``instrument``, ``person``), without
 pixels in the map, sharing a label with another node of the scan, and every object of a frame without an
 export have ``has_layout`` False, box ``[0, 0, 1, 1]`` and an all-zero mask (placeholders that carry no
 information; methods must use ground-truth layout only where ``has_layout`` is True).
@@ -149,7 +149,7 @@ OBJECT_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 PREDICATES: tuple[str, ...] = (IN_IMAGE, *PREDICATE_NAMES.values())
 VOCAB = Vocab(OBJECT_NAMES, PREDICATES)
-# Node name -> label in the panoptic exports (MM-OR TRACK_TO_METAINFO; dataset-formats.md 3.5-3.6). instrument
+# Node name -> label in the panoptic exports (MM-OR TRACK_TO_METAINFO; datasets/4dor/README.md). instrument
 # and person have none: the exports label tools as drill/hammer/saw/cementer and other people as
 # unrelated_person/student/nurse, and which of those a 4D-OR node is cannot be told (UNVERIFIED on real
 # files).
@@ -1010,7 +1010,7 @@ def write_fixture(
 ) -> None:
     """A tiny 4D-OR under ``root``: train takes 1, 3 / val 4 / test 2, 6, ``scans_per_take`` scans each.
 
-    Written exactly as the real files are (dataset-formats.md 3.2-3.3, 3.8): ``data/classes.txt`` and
+    Written exactly as the real files are (layout in datasets/4dor/README.md): ``data/classes.txt`` and
     ``data/relationships.txt`` without trailing newline; ``data/relationships_{train,validation,test}.json``
     and ``relationships_test_dummy.json`` with ``indent=2``, no trailing newline, key order ``take_idx, scan,
     objects, relationships, human_idx_to_name``, objects keyed "1".."n" in sorted-name order; per take

@@ -9,7 +9,7 @@ Weights are never downloaded. :func:`resolve_inception_weights` looks, in order,
 
 Both the fid-helper export (``WrapNet`` -> ``.net.layers``) and NVIDIA's original
 ``inception-2015-12-05.pt`` (``.layers``) hold the same ``layers`` stack; like clean-fid we call that stack
-directly, so either file works (/work/shared/reference/offline-weights.md section 3.1).
+directly, so either file works (clean-fid ``cleanfid/inception_torchscript.py`` does the same).
 
 :func:`inception_features` reproduces clean-fid 0.1.35's ``mode="clean"`` pipeline in memory, bit for bit:
 

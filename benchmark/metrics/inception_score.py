@@ -2,8 +2,8 @@
 
     IS = exp( E_x KL( p(y|x) || p(y) ) ),   p(y) = E_x p(y|x),
 
-computed on 10 splits of the generated images and averaged (the improved-GAN default; literature.md
-section 5.3). Pinned implementation: ``torch_fidelity.metric_isc.isc_features_to_metric`` with torch-fidelity's
+computed on 10 splits of the generated images and averaged (the default of OpenAI's improved-GAN code,
+``openai/improved-gan`` ``inception_score/model.py``, used by sg2im's successors such as LostGAN). Pinned implementation: ``torch_fidelity.metric_isc.isc_features_to_metric`` with torch-fidelity's
 defaults (10 splits, samples shuffled with ``np.random.RandomState(2020)`` before splitting, float64
 softmax) on the ``logits_unbiased`` feature of ``torch_fidelity``'s ``FeatureExtractorInceptionV3``: the
 1008-way logits *without* the fc bias, as OpenAI's TF ``inception_score/model.py`` reads them

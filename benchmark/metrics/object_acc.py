@@ -1,7 +1,7 @@
 """Object accuracy: does a classifier trained on REAL object crops recognise the objects in generated images?
 
-The protocol of Grid2Im / LostGAN's object accuracy (literature.md section 5.3-5.4: "object accuracy with a
-frozen classifier trained on real crops"), scaled down so it trains on CPU: a small CNN (~61k parameters)
+The protocol of Grid2Im's (Ashual & Wolf, ICCV 2019) and LostGAN's (Sun & Wu, ICCV 2019) object accuracy
+(a frozen classifier trained on crops of real images scores the crops of generated ones), scaled down so it trains on CPU: a small CNN (~61k parameters)
 is trained once per (dataset, image size, train split hash, classifier version, seed) on ground-truth-box
 crops of the dataset's *train* split, cached as safetensors, then applied to crops of the generated images
 at the *ground-truth* boxes of their scene graphs.

@@ -1,7 +1,7 @@
 """Object accuracy with Grid2Im's classifier: an ImageNet ResNet-101 fine-tuned on real object crops.
 
-The recipe of ``ashual/scene_generation`` ``scripts/train_accuracy_net.py`` (Ashual & Wolf, ICCV 2019;
-literature.md sections 2.6 and 5.3), :class:`Recipe`'s defaults:
+The recipe of ``ashual/scene_generation`` ``scripts/train_accuracy_net.py`` (Ashual & Wolf, "Specifying
+Object Attributes and Relations in Interactive Scene Generation", ICCV 2019), :class:`Recipe`'s defaults:
 
 * torchvision ResNet-101 initialised from ImageNet (``IMAGENET1K_V1``, the ``pretrained=True`` weights), its
   ``fc`` replaced by a new linear layer; ``conv1``, ``bn1`` and ``layer1`` frozen (``requires_grad=False``),

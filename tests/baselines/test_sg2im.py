@@ -102,7 +102,7 @@ def test_object_discriminator_crops_at_the_given_boxes():
 
 def test_patch_discriminator_output_map():
     d = PatchDiscriminator("C4-64-2,C4-128-2,C4-256-2", "batch", "leakyrelu-0.2", "valid")
-    assert d(torch.randn(2, 3, 64, 64)).shape == (2, 256, 6, 6)  # literature.md 1.4: 256 x 6 x 6 at 64 px
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2, 256, 6, 6)  # sg2im's PatchDiscriminator: 256 x 6 x 6 at 64 px
 
 
 def test_gan_losses_are_sg2im_bce():
