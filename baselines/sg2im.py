@@ -696,16 +696,14 @@ _SMOKE = {
     "sg2im",
     {
         # Variants that differ only in the node embeddings. The frozen encoders whose weights are not shipped
-        # (clip, data2vec) use explicit random weights in the smoke tier (plumbing only: such runs are random_init).
+        # (clip, data2vec) take random weights only when asked for by name (--set method.text_encoder_weights=random).
         "sg2im_clip": {
             "summary": "SG2Im with frozen CLIP text embeddings of the object/predicate phrases (+ learned projection).",
             "config": {"text_encoder": "clip"},
-            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
         },
         "sg2im_data2vec": {
             "summary": "SG2Im with frozen data2vec-text embeddings of the object/predicate phrases (+ learned projection).",
             "config": {"text_encoder": "data2vec"},
-            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
         },
         "sg2im_minilm": {
             "summary": "SG2Im with frozen MiniLM-L6 sentence embeddings of the object/predicate phrases (+ learned projection).",
@@ -921,7 +919,11 @@ class Sg2Im(Method):
                 d_obj_gan_loss=d_gan.item(), d_ac_loss_real=ac_real.item(), d_ac_loss_fake=ac_fake.item()
             )
         if self.img_discriminator is not None:
-            d_gan = self.gan_d_loss(self.img_discriminator(imgs), self.img_discriminator(fake))
+            # train.py scores the fakes first (`scores_fake = img_discriminator(imgs_fake)`, then real): with
+            # BatchNorm in the discriminator the order sets its running statistics, so it follows the reference.
+            scores_fake = self.img_discriminator(fake)
+            scores_real = self.img_discriminator(imgs)
+            d_gan = self.gan_d_loss(scores_real, scores_fake)
             self.optimizer_d_img.zero_grad(set_to_none=True)
             d_gan.backward()
             self.optimizer_d_img.step()

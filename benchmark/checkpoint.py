@@ -104,6 +104,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f"; it holds {', '.join(found)}: pass one of them" if found else (
+            "; it holds no *.safetensors file (a run folder has checkpoint.safetensors once training wrote one)"
+        )
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -157,7 +163,11 @@ def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Rebuild a (possibly nested) frozen dataclass from ``dataclasses.asdict`` output."""
     import typing
 
+    from benchmark.config import renamed
+
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    d = {renamed(names, k): v for k, v in d.items()}
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:

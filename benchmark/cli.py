@@ -9,6 +9,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from benchmark import registry
 
@@ -16,6 +17,8 @@ EXAMPLES = """examples:
   python -m benchmark ls
   python -m benchmark run --method retrieval --dataset shapes --tier quick
   python -m benchmark run --method retrieval --dataset shapes --tier smoke --set eval.num_graphs=16
+  python -m benchmark run --method sg2im --dataset shapes --tier quick --set method.learning_rate=2e-4
+  python -m benchmark run --method clip_ddpm --dataset shapes --tier smoke --set method.text_encoder_weights=random
   python -m benchmark eval runs/retrieval__shapes__quick__s0/checkpoint.safetensors
   python -m benchmark generate runs/retrieval__shapes__quick__s0/checkpoint.safetensors graphs.json --out images/
   python -m benchmark report --runs runs/
@@ -24,51 +27,93 @@ EXAMPLES = """examples:
 """
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown (unless its help already says it, or it is
+    empty: a flag, no value, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default in ([], "", argparse.SUPPRESS)
+        if "default" in text or empty:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+SEED = _int_at_least(0, "seed")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a config field, e.g. train.steps=100, eval.num_graphs=64, method.lr=2e-4")
+                   help="override a config field, e.g. train.steps=100, eval.num_graphs=64, "
+                        "method.learning_rate=2e-4 (methods that train; `ls` lists them)")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: results/ of the repo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_partial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-partial-data", action="store_true",
+                   help="run even when the dataset's split sizes differ from the protocol's; the result is marked "
+                        "partial_data and never ranked")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description="Scene-graph-to-image benchmark suite.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+                                     epilog=EXAMPLES, formatter_class=_Formatter)
+    commands = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("ls", help="list methods, datasets, metrics and text encoders")
+    def sub_parser(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:  # noqa: A002
+        return commands.add_parser(name, help=help, description=help, formatter_class=_Formatter, **kw)
 
-    p = sub.add_parser("run", help="train, sample, evaluate, write the result, rebuild the leaderboard")
-    p.add_argument("--method", required=True)
-    p.add_argument("--dataset", default="shapes")
+    sub_parser("ls", help="list methods, datasets, metrics and text encoders")
+
+    p = sub_parser("run", help="train, sample, evaluate, write the result, rebuild the leaderboard",
+                       epilog=EXAMPLES)
+    p.add_argument("--method", required=True, help="a registered method (python -m benchmark ls)")
+    p.add_argument("--dataset", default="shapes", help="a registered dataset")
     p.add_argument("--tier", default="quick", help="smoke (seconds), quick (CPU minutes), full (published settings)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="training and sampling seed (>= 0)")
     p.add_argument("--protocol", default="", help="protocol variant, e.g. lostgan for coco_stuff (default: protocol.json)")
     p.add_argument("--out", default="runs", help="folder for checkpoints and samples (resumes if present)")
     _add_common(p)
+    _add_partial(p)
 
-    p = sub.add_parser("eval", help="score a checkpoint under the current protocol of its dataset and tier")
-    p.add_argument("checkpoint", type=Path)
+    p = sub_parser("eval", help="score a checkpoint under the current protocol of its dataset and tier")
+    p.add_argument("checkpoint", type=Path, help="a run's checkpoint.safetensors")
     _add_common(p)
+    _add_partial(p)
 
-    p = sub.add_parser("leaderboard", help="rebuild results/leaderboard*.csv from results/runs/*.json and print them")
-    p.add_argument("--results", type=Path, default=None)
+    p = sub_parser("leaderboard", help="rebuild results/leaderboard*.csv from results/runs/*.json and print them")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default: results/ of the repo)")
 
-    p = sub.add_parser("report", help="write reports/report.md and report.html (leaderboard, charts, ablations, samples)")
+    p = sub_parser("report", help="write reports/report.md and report.html (leaderboard, charts, ablations, samples)")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: results/ of the repo)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/ of the repo)")
     p.add_argument("--runs", type=Path, action="append", default=[], metavar="DIR",
                    help="where to look for run folders (samples) besides the recorded checkpoint paths; repeatable")
     p.add_argument("--graphs", type=int, default=4, help="scene graphs per sample grid")
 
-    p = sub.add_parser("sweep", help="a grid of runs (methods x datasets x seeds x overrides), local or on SLURM")
+    p = sub_parser("sweep", help="a grid of runs (methods x datasets x seeds x overrides), local or on SLURM")
     p.add_argument("grid", type=Path, nargs="?", default=None, help="grid file (.json or .toml); flags override it")
     p.add_argument("--method", dest="methods", action="append", default=None, help="repeatable")
     p.add_argument("--dataset", dest="datasets", action="append", default=None, help="repeatable")
     p.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--tier", default=None)
-    p.add_argument("--protocol", default=None)
+    p.add_argument("--tier", default=None, help="smoke, quick or full (default: the grid's, else quick)")
+    p.add_argument("--protocol", default=None, help="protocol variant (default: the grid's, else protocol.json)")
     p.add_argument("--override", dest="overrides", action="append", default=None, metavar="K=V[,K=V]",
                    help="one more override set of the grid (repeatable), e.g. method.learning_rate=2e-4")
     p.add_argument("--executor", choices=("local", "submitit-local", "slurm"), default="local")
@@ -87,19 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are skipped; run nothing")
     _add_common(p)
 
-    p = sub.add_parser("prepare", help="check / prepare a dataset on disk")
-    p.add_argument("dataset")
+    p = sub_parser("prepare", help="check / prepare a dataset on disk")
+    p.add_argument("dataset", help="coco_stuff, vg or 4dor (shapes needs no preparation)")
     p.add_argument("--raw", type=Path, default=None, help="folder with the raw downloaded files")
     p.add_argument("--root", type=Path, default=None, help="where the prepared data goes")
 
-    p = sub.add_parser("generate", help="images from a scene-graph JSON file (sg2im format) and a checkpoint")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("graphs", type=Path)
-    p.add_argument("--out", type=Path, default=Path("generated"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--layout", choices=("pred", "gt"), default="pred")
-    p.add_argument("--device", default="auto")
+    p = sub_parser("generate", help="images from a scene-graph JSON file (sg2im format) and a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="a run's checkpoint.safetensors")
+    p.add_argument("graphs", type=Path, help="scene graphs, sg2im's JSON format")
+    p.add_argument("--out", type=Path, default=Path("generated"), help="folder for the PNG images")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed (>= 0)")
+    p.add_argument("--samples", type=_int_at_least(1, "samples"), default=1, help="images per graph (>= 1)")
+    p.add_argument("--layout", choices=("pred", "gt"), default="pred",
+                   help="pred: the method predicts boxes; gt: the graphs' 'boxes'")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     return parser
 
 
@@ -142,6 +188,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(s["status"] == "failed" for s in summaries) else 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """The dataset's report on stdout; on failure its information lines first, then the error, and no 'done'."""
+    ds = registry.get("dataset", args.dataset)
+    try:
+        report = ds.prepare(root=args.root, raw=args.raw)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        lines = str(e).splitlines() or [type(e).__name__]
+        # Information lines (root, counts) come before the first line that says what is wrong.
+        cut = next((i for i, line in enumerate(lines) if _is_problem(line)), 0)
+        for line in lines[:cut]:
+            print(line)
+        print(f"error: {args.dataset} is not ready:", file=sys.stderr)
+        print("\n".join(lines[cut:]), file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def _is_problem(line: str) -> bool:
+    low = line.lower()
+    return any(w in low for w in ("missing", "not found", "error", "cannot", "invalid", "mismatch"))
+
+
 def _print_result(result, path: Path) -> None:
     print(f"\nresult: {path}")
     for ev in result.evaluations:
@@ -156,6 +225,9 @@ def _print_result(result, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmark.progress import set_quiet
+
+    set_quiet(getattr(args, "quiet", False))
     try:
         if args.command == "ls":
             return cmd_ls()
@@ -181,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return cmd_sweep(args)
         if args.command == "prepare":
-            ds = registry.get("dataset", args.dataset)
-            print(ds.prepare(root=args.root, raw=args.raw))
-            return 0
+            return cmd_prepare(args)
         if args.command == "generate":
             from benchmark.run import generate
 
@@ -202,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmark.run import run
 
                 cfg = build_run_config(args.method, args.dataset, args.tier, args.seed, args.device, sets, args.protocol)
-                result, path = run(cfg, args.out, args.results, progress)
+                result, path = run(cfg, args.out, args.results, progress, args.allow_partial_data)
             else:
                 from benchmark.run import eval_checkpoint
 
-                result, path = eval_checkpoint(args.checkpoint, args.device, sets, args.results, progress)
+                result, path = eval_checkpoint(
+                    args.checkpoint, args.device, sets, args.results, progress, args.allow_partial_data
+                )
         if result is None:
             return 0
         _print_result(result, path)

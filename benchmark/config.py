@@ -2,13 +2,14 @@
 
 Resolution order (later wins): dataclass defaults -> the dataset protocol's tier budget
 (``datasets/<name>/protocol.json``) -> the method's ``tier_overrides[tier]`` -> the user's ``--set key=value``.
-Keys are dotted: ``train.steps``, ``eval.num_graphs``, ``method.lr``, ``image_size``.
+Keys are dotted: ``train.steps``, ``eval.num_graphs``, ``method.learning_rate``, ``image_size``.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,6 +55,25 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["method_cfg"] = dataclasses.asdict(self.method_cfg)
         return d
+
+
+# Fields renamed so that one idea has one name across methods; the old name is still accepted (result files and
+# checkpoints written before the rename use it), with a deprecation message.
+RENAMED_FIELDS: dict[str, str] = {"lr": "learning_rate"}
+
+
+def public_key(key: str) -> str:
+    """A config key as the user writes it (``method.x``, not the internal ``method_cfg.x``)."""
+    return key.replace("method_cfg.", "method.", 1) if key.startswith("method_cfg.") else key
+
+
+def renamed(names: set[str] | frozenset[str], key: str, where: str = "") -> str:
+    """``key``, or its new name (announced on stderr) when ``key`` is a deprecated alias of a field in ``names``."""
+    new = RENAMED_FIELDS.get(key)
+    if key in names or new not in names:
+        return key
+    print(f"warning: {public_key(where + key)} is deprecated, read as {public_key(where + new)}", file=sys.stderr)
+    return new
 
 
 def parse_value(text: str) -> Any:
@@ -107,14 +127,16 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], prefix: str = "") -> An
     nested: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
+        head = renamed(names, head, prefix)
         if head not in names:
             raise ValueError(
-                f"--set {prefix}{key}: unknown field {head!r} of {type(obj).__name__}; valid: {', '.join(sorted(names))}"
+                f"--set {public_key(prefix + key)}: unknown field {head!r} of {type(obj).__name__}; "
+                f"valid: {', '.join(sorted(names))}"
             )
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
-            changes[head] = _coerce(value, hints[head], prefix + key)
+            changes[head] = _coerce(value, hints[head], public_key(prefix + key))
     for head, sub in nested.items():
         changes[head] = apply_overrides(changes.get(head, getattr(obj, head)), sub, prefix=f"{prefix}{head}.")
     return dataclasses.replace(obj, **changes)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from benchmark import distributed, registry
 from benchmark.batch import SceneGraphBatch, collate
@@ -25,6 +24,7 @@ from benchmark.checkpoint import tensor_digest
 from benchmark.config import RunConfig
 from benchmark.interfaces import EvalInputs, Method, MetricUnavailable, SceneGraphDataset, WeightProvenance
 from benchmark.io import atomic_write_bytes, sha256_json
+from benchmark.progress import tqdm
 from benchmark.results import MetricValue, SplitEvaluation
 from benchmark.seeding import sample_generators
 from benchmark.train import build_dataset

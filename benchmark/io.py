@@ -40,6 +40,13 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def umask_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the process umask); ``mkstemp`` uses 0o600 instead."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file."""
     path = Path(path)
@@ -49,6 +56,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), umask_mode())  # as a plain open() would: group/others may read (umask)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -360,7 +360,11 @@ def names(kind: str) -> list[str]:
 
 def unknown(kind: str, name: str) -> UnknownNameError:
     valid = names(kind)
-    close = difflib.get_close_matches(name, valid, n=3)
+    # names that start with (or contain) what was typed ("coco" -> coco_stuff), then spelling neighbours
+    low = name.lower()
+    close = [v for v in valid if low and (v.startswith(low) or low in v)]
+    close += [v for v in difflib.get_close_matches(name, valid, n=3) if v not in close]
+    close = close[:3]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return UnknownNameError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid) or '(none)'}")
 

@@ -12,6 +12,7 @@ from benchmark.env import environment
 from benchmark.evaluate import evaluate
 from benchmark.interfaces import Method
 from benchmark.io import sha256_file
+from benchmark.preflight import announce, check_run
 from benchmark.protocol import load_protocol
 from benchmark.results import RunResult, config_changes, downsample_history, rebuild_leaderboard, write_result
 from benchmark.train import load_method, resolve_device, train
@@ -39,6 +40,7 @@ def _record(
     progress: bool,
     t_start: float,
     history: list[dict[str, float]] | None = None,
+    partial_data: dict[str, list[int]] | None = None,
 ) -> tuple[RunResult, Path]:
     device = resolve_device(cfg.device)
     proto = load_protocol(cfg.dataset, cfg.protocol)
@@ -64,6 +66,7 @@ def _record(
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         train_history=downsample_history(history) if history else None,
         family=registry.family(cfg.method),
+        partial_data=partial_data,
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)  # the only rebuild of a run; the CLI prints this one (latest_leaderboard)
@@ -71,15 +74,24 @@ def _record(
 
 
 def run(
-    cfg: RunConfig, out: str | Path = "runs", results_dir: Path | None = None, progress: bool = True
+    cfg: RunConfig,
+    out: str | Path = "runs",
+    results_dir: Path | None = None,
+    progress: bool = True,
+    allow_partial_data: bool = False,
 ) -> tuple[RunResult, Path]:
-    """Train (or resume), evaluate with the dataset's protocol, write the result, rebuild the leaderboard."""
+    """Check what the run needs (:mod:`benchmark.preflight`), train (or resume), evaluate with the dataset's
+    protocol, write the result, rebuild the leaderboard."""
     t0 = time.perf_counter()
+    pre = check_run(cfg, allow_partial_data)
+    if distributed.is_main():
+        announce(pre)
     run_dir = run_dir_for(cfg, out)
     outcome = train(cfg, run_dir, progress)
     return _record(
-        cfg, outcome.method, outcome.checkpoint, outcome.train_s, run_dir, results_dir, progress, t0, outcome.history
-    )
+        cfg, outcome.method, outcome.checkpoint, outcome.train_s, run_dir, results_dir, progress, t0, outcome.history,
+        pre.partial_data,
+    )  # fmt: skip
 
 
 def eval_checkpoint(
@@ -88,6 +100,7 @@ def eval_checkpoint(
     sets: dict | None = None,
     results_dir: Path | None = None,
     progress: bool = True,
+    allow_partial_data: bool = False,
 ) -> tuple[RunResult, Path]:
     """Score an existing checkpoint under the current protocol file of its dataset, at the checkpoint's tier.
 
@@ -113,10 +126,14 @@ def eval_checkpoint(
     rc["train"] = config_from_dict(TrainConfig, rc["train"])
     cfg = RunConfig(**rc)
     cfg = apply_overrides(cfg, {"device": device, **sets})
+    pre = check_run(cfg, allow_partial_data, train=False)
+    if distributed.is_main():
+        announce(pre)
     history = checkpoint_history(checkpoint)
     return _record(
-        cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history
-    )
+        cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history,
+        pre.partial_data,
+    )  # fmt: skip
 
 
 def generate(
@@ -135,12 +152,16 @@ def generate(
     from benchmark.evaluate import generate_images
     from benchmark.scene_graph import file_stems, load_graphs
 
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"--samples: expected a positive number of images per graph, got {samples!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: a file of that name exists; give a folder for the images")
     dev = resolve_device(device)
     method, _ = load_method(checkpoint, dev)
     items = load_graphs(graphs_json, method.info.vocab)
     if layout == "gt" and not all(bool(it.has_layout.all()) for it in items):
         raise ValueError(f"{graphs_json}: --layout gt needs 'boxes' for every object of every graph")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = file_stems([it.image_id for it in items])  # image ids may hold '/' etc.; file names may not
     paths = []

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from benchmark import distributed, registry
 from benchmark.batch import collate
@@ -32,6 +31,7 @@ from benchmark.checkpoint import (
 from benchmark.config import RunConfig, apply_overrides
 from benchmark.env import environment
 from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset
+from benchmark.progress import tqdm
 from benchmark.protocol import load_protocol
 from benchmark.scene_graph import Vocab
 from benchmark.seeding import derive_seed, seed_everything

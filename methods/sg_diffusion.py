@@ -98,7 +98,7 @@ class SGDiffusionConfig:
     sample_steps: int = 25  # LayoutDiffusion: 25 DPM-Solver steps
     ddim_eta: float = 0.0
     # optimisation (ADM: AdamW lr 1e-4, no weight decay, EMA 0.9999)
-    lr: float = 1e-4
+    learning_rate: float = 1e-4
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     grad_clip: float = 0.0  # max gradient norm; 0 = off (ADM does not clip)
@@ -363,7 +363,7 @@ _SMOKE = {
     "method.resblock_updown": False,
     "method.eps_skip": True,
     "method.sample_steps": 4,
-    "method.lr": 1e-3,
+    "method.learning_rate": 1e-3,
     "method.ema_decay": 0.99,
 }
 _QUICK = {
@@ -381,7 +381,7 @@ _QUICK = {
     "method.eps_skip": True,
     "method.sampler": "ddpm",  # 50 respaced steps with the learned variance: the best FID at <= 50 steps here
     "method.sample_steps": 50,
-    "method.lr": 1e-3,
+    "method.learning_rate": 1e-3,
     "method.ema_decay": 0.999,
     "method.grad_clip": 1.0,
 }
@@ -390,8 +390,8 @@ _QUICK = {
 @register_presets(
     "ddpm",
     {
-        # One preset per text encoder. The frozen encoders whose weights are not shipped (clip, data2vec) use
-        # explicit random weights in the smoke tier (plumbing only: such runs are random_init).
+        # One preset per text encoder. The frozen encoders whose weights are not shipped (clip, data2vec) take
+        # random weights only when asked for by name (--set method.text_encoder_weights=random).
         "learned_ddpm": {
             "summary": "Scene-graph diffusion (iDDPM/ADM UNet + sg2im GCN + layout), learned node embeddings.",
             "config": {"text_encoder": "learned"},
@@ -403,12 +403,10 @@ _QUICK = {
         "clip_ddpm": {
             "summary": "Scene-graph diffusion (iDDPM/ADM UNet + sg2im GCN + layout), frozen CLIP ViT-B/32 phrase embeddings.",
             "config": {"text_encoder": "clip"},
-            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
         },
         "data2vec_ddpm": {
             "summary": "Scene-graph diffusion (iDDPM/ADM UNet + sg2im GCN + layout), frozen data2vec-text phrase embeddings.",
             "config": {"text_encoder": "data2vec"},
-            "tiers": {"smoke": {"method.text_encoder_weights": "random"}},
         },
     },
 )
@@ -432,7 +430,7 @@ class SGDiffusion(Method):
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.diffusion = GaussianDiffusion(cfg.diffusion_steps)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def setup(self, train_set: SceneGraphDataset) -> None:
         # Fail before training (e.g. WeightsUnavailable for clip without weights), not at the first step.

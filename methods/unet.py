@@ -6,7 +6,8 @@ Follows ``openai/guided-diffusion`` ``guided_diffusion/unet.py`` (``UNetModel``,
 ``glide_text2im/unet.py``: ``AttentionBlock(encoder_channels=...)`` projects the condition tokens to extra
 keys/values that the pixels attend to *together with* the self-attention keys). Changes, each for a reason:
 
-- ``GroupNorm(gcd(32, C), C)`` instead of ``GroupNorm32(32, C)``: the CPU tiers use widths below 32;
+- ``GroupNorm32(32, C)`` whenever C is a multiple of 32, fewer groups only for the CPU tiers' other widths
+  (see :func:`norm_groups`);
 - attention through ``F.scaled_dot_product_attention`` with a key mask, so graphs with different numbers of
   objects can share a batch (GLIDE's text tokens have a fixed length);
 - no fp16 / gradient-checkpointing switches (bf16 autocast is the trainer's business).
@@ -40,14 +41,14 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> 
 
 
 def norm_groups(channels: int, min_per_group: int = 4) -> int:
-    """Groups of ADM's GroupNorm32 (32) when each group keeps >= ``min_per_group`` channels, else the most
-    groups (a divisor of C) that do.
+    """ADM's 32 groups (``GroupNorm32(32, C)``) whenever C is a multiple of 32; for the other, narrow CPU-tier
+    widths (16, 48, ...) the most groups that divide C and keep >= ``min_per_group`` channels each.
 
-    Why: GroupNorm removes each group's spatial mean, so with one channel per group (32 groups of a 16- or
-    32-wide CPU model) the output layer cannot express an image's mean colour at all, which at high noise
+    Why the fallback: 32 groups do not divide such widths, and GroupNorm removes each group's spatial mean, so
+    with one channel per group the output layer cannot express an image's mean colour, which at high noise
     turns into whole-image colour casts (x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) amplifies the eps mean).
     """
-    if channels % 32 == 0 and channels // 32 >= min_per_group:
+    if channels % 32 == 0:
         return 32
     best = 1
     for g in range(1, 33):

@@ -18,7 +18,7 @@ import torch
 from benchmark import registry
 from benchmark.batch import SceneGraphItem, collate
 from benchmark.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
-from benchmark.config import apply_overrides, parse_sets
+from benchmark.config import apply_overrides, build_run_config, parse_sets
 from benchmark.scene_graph import SceneGraphError, Vocab, graph_from_json, graph_to_json, load_graphs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,3 +228,24 @@ def test_protocol_variants_select_their_own_file():
     assert build_run_config("retrieval", "coco_stuff", "smoke").eval.splits == ("test",)
     with pytest.raises(ValueError, match="valid variants: lostgan"):
         build_run_config("retrieval", "coco_stuff", "smoke", protocol="nope")
+
+
+def test_learning_rate_has_one_name_across_methods_and_the_old_name_still_reads(capsys):
+    from benchmark import registry as reg
+    from benchmark.checkpoint import config_from_dict
+
+    for name in reg.names("method"):
+        fields = {f.name for f in dataclasses.fields(reg.get("method", name).Config)}
+        assert "lr" not in fields, name
+        if name != "retrieval":
+            assert "learning_rate" in fields, name
+            cfg = build_run_config(name, "shapes", "smoke", sets={"method.learning_rate": 0.25})
+            assert cfg.method_cfg.learning_rate == 0.25
+    cfg = build_run_config("learned_ddpm", "shapes", "smoke", sets={"method.lr": 0.5})
+    assert cfg.method_cfg.learning_rate == 0.5
+    assert "method.lr is deprecated, read as method.learning_rate" in capsys.readouterr().err
+    old = config_from_dict(reg.get("method", "learned_ddpm").Config, {"lr": 0.125})  # checkpoints before the rename
+    assert old.learning_rate == 0.125
+    with pytest.raises(ValueError, match=r"^--set method\.nope: unknown field 'nope'") as e:
+        build_run_config("sg2im", "shapes", "smoke", sets={"method.nope": 1})
+    assert "method_cfg" not in str(e.value)

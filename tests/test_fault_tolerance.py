@@ -154,7 +154,7 @@ def test_concurrent_runs_share_one_intact_leaderboard(tmp_path: Path) -> None:
 def test_non_finite_loss_stops_naming_step_and_keeps_the_last_checkpoint(tmp_path: Path, capsys) -> None:
     args = [
         "run", "--method", "learned_ddpm", *SMOKE, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r"),
-        "--set", "method.lr=1e10", "--set", "train.steps=8", "--set", "train.checkpoint_every=1",
+        "--set", "method.learning_rate=1e10", "--set", "train.steps=8", "--set", "train.checkpoint_every=1",
     ]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -165,7 +165,7 @@ def test_non_finite_loss_stops_naming_step_and_keeps_the_last_checkpoint(tmp_pat
     assert meta["step"] == 1 and all(v.isfinite().all() for v in state.values() if v.is_floating_point())
     # Resuming from the kept checkpoint diverges again at the same step and leaves the file untouched.
     cfg = build_run_config("learned_ddpm", "shapes", "smoke", device="cpu",
-                           sets={"method.lr": 1e10, "train.steps": 8, "train.checkpoint_every": 1})  # fmt: skip
+                           sets={"method.learning_rate": 1e10, "train.steps": 8, "train.checkpoint_every": 1})  # fmt: skip
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 1"):
         train(cfg, ckpt.parent, progress=False)
     assert ckpt.read_bytes() == before

@@ -14,6 +14,7 @@ import torch
 from benchmark import registry
 from benchmark.batch import collate
 from benchmark.config import build_run_config
+from benchmark.preflight import random_weights_if_needed
 from benchmark.seeding import sample_generators
 from benchmark.train import build_dataset, train
 
@@ -44,7 +45,8 @@ def _sample(method, ds, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("method_name,dataset", CASES)
 def test_trains_samples_and_is_deterministic(method_name, dataset, tmp_path, data_root):
-    cfg = build_run_config(method_name, dataset, tier="smoke", seed=0, device="cpu")
+    sets = random_weights_if_needed(method_name)  # CLIP/data2vec weights are not on a test machine
+    cfg = build_run_config(method_name, dataset, tier="smoke", seed=0, device="cpu", sets=sets)
     out_a = train(cfg, tmp_path / "a", progress=False)
     out_b = None
     if dataset == DETERMINISM_DATASET:

@@ -1,6 +1,6 @@
 """``4dor``: 4D-OR semantic scene graphs of simulated knee surgeries (egeozsoy/4D-OR, MICCAI 2022).
 
-Files followed (formats in ``shared/reference/dataset-formats.md`` section 3; repository egeozsoy/4D-OR):
+Files followed (formats in ``datasets/4dor/README.md``; repositories egeozsoy/4D-OR and egeozsoy/MM-OR):
 
 - ``data/relationships_{train,validation,test}.json`` (4D-OR repository ``data/``): ``{"scans": [...]}``,
   each scan ``{"take_idx", "scan" (6-digit string), "objects" {"1": name, ...}, "relationships" [[subj_key,
@@ -33,7 +33,7 @@ Layout. Where the chosen camera has a panoptic export for the frame, an object's
 rectangle of its label's pixels (MM-OR ``or_dataset.py``: ``cv2.boundingRect(mask == label)``), normalised
 by the label map's size, and its mask the 16x16 crop of those pixels (area-resized, a cell is on when more
 than half of it is covered). Humans join the label map through their role (``head surgeon`` -> label 10
-``head_surgeon`` ...; dataset-formats.md 3.6). Objects without a label (``instrument``, ``person``), without
+``head_surgeon`` ...; MM-OR's role names). Objects without a label (``instrument``, ``person``), without
 pixels in the map, sharing a label with another node of the scan, and every object of a frame without an
 export have ``has_layout`` False, box ``[0, 0, 1, 1]`` and an all-zero mask (placeholders that carry no
 information; methods must use ground-truth layout only where ``has_layout`` is True).
@@ -151,7 +151,7 @@ OBJECT_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 PREDICATES: tuple[str, ...] = (IN_IMAGE, *PREDICATE_NAMES.values())
 VOCAB = Vocab(OBJECT_NAMES, PREDICATES)
-# Node name -> label in the panoptic exports (MM-OR TRACK_TO_METAINFO; dataset-formats.md 3.5-3.6). instrument
+# Node name -> label in the panoptic exports (MM-OR TRACK_TO_METAINFO; datasets/4dor/README.md). instrument
 # and person have none: the exports label tools as drill/hammer/saw/cementer and other people as
 # unrelated_person/student/nurse, and which of those a 4D-OR node is cannot be told (UNVERIFIED on real
 # files).
@@ -682,6 +682,31 @@ class Or4dDataset(PackedDataset):
         self._a = arrays
 
     @classmethod
+    def requirements(
+        cls, splits: Sequence[str], root: Path | None = None, camera: int = DEFAULT_CAMERA
+    ) -> tuple[list[str], dict[str, tuple[int, int]]]:
+        """Everything ``splits`` need that is missing (one line per kind, with where to get it, all at once) and
+        each readable split's (scans found, scans in 4D-OR); nothing is decoded. Used by ``run``'s preflight."""
+        root = Path(root) if root is not None else data_root() / DATASET
+        missing: dict[str, list[Path]] = {k: [] for k in ("annotations", "take", "image", "segmentation")}
+        sizes: dict[str, tuple[int, int]] = {}
+        for split in dict.fromkeys(splits):
+            _check_split(split)
+            res = resolve(root, split, camera)
+            # The takes the annotations name; without annotations, every take of the split (4D-OR's TAKE_SPLIT).
+            takes = [take_dir(root, t) for t in sorted({s.take for s in res.scans} or set(TAKE_SPLIT[split]))]
+            if res.missing["annotations"]:
+                missing["take"] += [d for d in takes if not d.is_dir()]
+            if camera in SEGMENTATION_CAMERAS:  # a separate archive: needed also where the take is missing
+                seg = [d / f"segmentation_export_{camera}" for d in takes]
+                missing["segmentation"] += [d for d in seg if not d.is_dir()]
+            for kind in ("annotations", "take", "image"):
+                missing[kind] += res.missing[kind]
+            if not res.missing["annotations"]:
+                sizes[split] = (len(res.samples), EXPECTED_SIZES[split])
+        return _missing_report(root, {k: list(dict.fromkeys(v)) for k, v in missing.items()}), sizes
+
+    @classmethod
     def build(
         cls,
         split: str,
@@ -749,7 +774,8 @@ class Or4dDataset(PackedDataset):
             if res.samples and not any(res.missing.values()):
                 atomic_write_json(manifest_path(root, split), _manifest(root, res))
         lines += _camera_coverage(root)
-        if problems:
+        if problems:  # everything missing at once (take folders and segmentations too), not split by split
+            problems = cls.requirements(SPLITS, root)[0] or problems
             raise FileNotFoundError("\n".join([*lines, "4dor: files are missing:", *problems]))
         for split, res in resolved.items():
             if not res.samples:

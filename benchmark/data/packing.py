@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import SceneGraphDataset
 from benchmark.io import atomic_write_bytes, file_lock, sha256_json
+from benchmark.progress import tqdm
 
 Arrays = dict[str, np.ndarray]
 PACKED_KEYS = ("objs", "boxes", "masks", "triples", "obj_ptr", "triple_ptr")

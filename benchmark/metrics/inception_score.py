@@ -2,8 +2,8 @@
 
     IS = exp( E_x KL( p(y|x) || p(y) ) ),   p(y) = E_x p(y|x),
 
-computed on 10 splits of the generated images and averaged (the improved-GAN default; literature.md
-section 5.3). Pinned implementation: ``torch_fidelity.metric_isc.isc_features_to_metric`` with torch-fidelity's
+computed on 10 splits of the generated images and averaged (the default of OpenAI's improved-GAN code,
+``openai/improved-gan`` ``inception_score/model.py``, used by sg2im's successors such as LostGAN). Pinned implementation: ``torch_fidelity.metric_isc.isc_features_to_metric`` with torch-fidelity's
 defaults (10 splits, samples shuffled with ``np.random.RandomState(2020)`` before splitting, float64
 softmax) on the ``logits_unbiased`` feature of ``torch_fidelity``'s ``FeatureExtractorInceptionV3``: the
 1008-way logits *without* the fc bias, as OpenAI's TF ``inception_score/model.py`` reads them
@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, WeightProvenance
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 SPLITS = 10
@@ -108,6 +108,8 @@ def inception_score_from_logits(logits: Tensor, splits: int = SPLITS) -> tuple[f
 @register("metric", "inception_score", outputs={"is": True}, mode="torch-fidelity, TF Inception logits")
 class InceptionScore(Metric):
     """Inception Score, 10 splits (torch-fidelity, TF Inception logits); higher is better. Needs the weights file."""
+
+    weights_missing = staticmethod(WEIGHTS.missing)  # checked before a run (benchmark/preflight.py)
 
     def __init__(self, weights: str | Path | None = None, batch_size: int = 32) -> None:
         self.weights = weights

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, WeightProvenance
 from benchmark.io import file_sha256
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 MIN_SIZE = 32
@@ -101,6 +101,8 @@ def pair_distances(
 @register("metric", "lpips_diversity", outputs={"lpips_diversity": True}, mode="AlexNet, v0.1")
 class LPIPSDiversity(Metric):
     """Mean LPIPS (AlexNet, v0.1) between samples of the same graph; higher is more diverse. Needs >= 2 samples."""
+
+    weights_missing = staticmethod(WEIGHTS.missing)  # checked before a run (benchmark/preflight.py)
 
     def __init__(self, weights: str | Path | None = None) -> None:
         self.weights = weights

@@ -1,7 +1,7 @@
 """Object accuracy: does a classifier trained on REAL object crops recognise the objects in generated images?
 
-The protocol of Grid2Im / LostGAN's object accuracy (literature.md section 5.3-5.4: "object accuracy with a
-frozen classifier trained on real crops"), scaled down so it trains on CPU: a small CNN (~61k parameters)
+The protocol of Grid2Im's (Ashual & Wolf, ICCV 2019) and LostGAN's (Sun & Wu, ICCV 2019) object accuracy
+(a frozen classifier trained on crops of real images scores the crops of generated ones), scaled down so it trains on CPU: a small CNN (~61k parameters)
 is trained once per (dataset, image size, train split hash, classifier version, seed) on ground-truth-box
 crops of the dataset's *train* split, cached as safetensors, then applied to crops of the generated images
 at the *ground-truth* boxes of their scene graphs.
@@ -49,12 +49,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, SceneGraphDataset, WeightProvenance
 from benchmark.io import atomic_write_bytes, atomic_write_json, file_lock, read_json, sha256_file
 from benchmark.paths import cache_dir
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 CLASSIFIER_VERSION = "1"

@@ -1,7 +1,7 @@
 """Object accuracy with Grid2Im's classifier: an ImageNet ResNet-101 fine-tuned on real object crops.
 
-The recipe of ``ashual/scene_generation`` ``scripts/train_accuracy_net.py`` (Ashual & Wolf, ICCV 2019;
-literature.md sections 2.6 and 5.3), :class:`Recipe`'s defaults:
+The recipe of ``ashual/scene_generation`` ``scripts/train_accuracy_net.py`` (Ashual & Wolf, "Specifying
+Object Attributes and Relations in Interactive Scene Generation", ICCV 2019), :class:`Recipe`'s defaults:
 
 * torchvision ResNet-101 initialised from ImageNet (``IMAGENET1K_V1``, the ``pretrained=True`` weights), its
   ``fc`` replaced by a new linear layer; ``conv1``, ``bn1`` and ``layer1`` frozen (``requires_grad=False``),
@@ -43,7 +43,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from benchmark.batch import SceneGraphItem
 from benchmark.interfaces import EvalInputs, Metric, MetricUnavailable, SceneGraphDataset, WeightProvenance
@@ -62,6 +61,7 @@ from benchmark.metrics.object_acc import (
 )
 from benchmark.metrics.pretrained import WeightsSpec, load_state_dict
 from benchmark.paths import cache_dir
+from benchmark.progress import tqdm
 from benchmark.registry import register
 
 VERSION = "1"
@@ -430,6 +430,8 @@ def generated_accuracy(
 )
 class ObjectAccuracyResNet(Metric):
     """Object accuracy of Grid2Im's ResNet-101 (ImageNet init, fine-tuned on real crops); higher is better."""
+
+    weights_missing = staticmethod(WEIGHTS.missing)  # checked before a run (benchmark/preflight.py)
 
     def __init__(self, recipe: Recipe = Recipe(), weights: str | Path | None = None) -> None:
         self.recipe = recipe

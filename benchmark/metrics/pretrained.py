@@ -6,7 +6,8 @@ Nothing is downloaded. A weights file is looked up, in order, at
 2. an environment variable (e.g. ``SG2I_INCEPTION_IS``),
 3. ``torch.hub``'s checkpoint cache, ``$TORCH_HOME/hub/checkpoints/<file name>`` (default
    ``~/.cache/torch/hub/checkpoints``), under the file names the libraries download to
-   (/work/shared/reference/offline-weights.md section 5.3); ``torch.hub`` loads these without a hash check.
+   (``torch.hub.load_state_dict_from_url``'s naming: the URL's last path component); ``torch.hub`` loads
+   these without a hash check.
 
 A missing file raises :class:`MetricUnavailable` saying which file to put where. Files are read with
 ``torch.load(weights_only=True)`` only. The provenance records the file's SHA-256; ``torch.hub`` file names end
@@ -62,6 +63,14 @@ class WeightsSpec:
             if p.is_file():
                 return p.resolve()
         raise MetricUnavailable(f"{self.what}: weights not found; {self.how_to_provide()}")
+
+    def missing(self) -> str | None:
+        """Why :meth:`resolve` would fail (None when the weights are here); for the run's preflight."""
+        try:
+            self.resolve()
+        except MetricUnavailable as e:
+            return str(e)
+        return None
 
     def provenance(self, name: str, path: Path) -> WeightProvenance:
         """Where the weights came from; ``random_init=True`` unless the file is the published one."""

@@ -560,8 +560,8 @@ def build_report(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # malformed files are listed in the report
         all_runs, bad = scan_runs(results)
-    runs = [r for r in all_runs if not r.random_init]
-    excluded = [r for r in all_runs if r.random_init]
+    runs = [r for r in all_runs if not r.unranked]
+    excluded = [r for r in all_runs if r.unranked]
     groups = group_runs(runs)
     b.provenance(runs, excluded, bad)
     b.leaderboard(groups, runs)

@@ -7,7 +7,8 @@ Layout under :func:`benchmark.paths.results_dir`::
     leaderboard_mean_std.csv                                   # derived: runs grouped over seeds, mean and std
     reported.csv                                               # committed: published numbers, never ranked
 
-Runs that use randomly initialised weights (``random_init``) are kept in ``runs/`` but never listed or ranked.
+Runs that use randomly initialised weights (``random_init``) or a partial dataset (``partial_data``) are kept in
+``runs/`` but never listed or ranked.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def build_leaderboard(results_dir: str | Path | None = None, *, echo: Callable[[
     echo = echo or _log.info
     with file_lock(root / ".leaderboard.lock"):
         runs, bad = scan_runs(root)
-        ranked = [r for r in runs if not r.random_init]
-        excluded = [r for r in runs if r.random_init]
+        ranked = [r for r in runs if not r.unranked]
+        excluded = [r for r in runs if r.unranked]
         text, n_rows = runs_csv(ranked)
         atomic_write_text(root / LEADERBOARD, text)
         groups = group_runs(ranked)
@@ -186,8 +187,12 @@ def build_leaderboard(results_dir: str | Path | None = None, *, echo: Callable[[
     msg += f"; {root / LEADERBOARD_MEAN_STD}: {len(groups)} row(s), mean and std over seeds"
     if excluded:
         ids = ", ".join(f"{r.run_id} ({weights_summary([w for w in r.weights if w.random_init]) or 'flagged'})"
-                        for r in excluded)  # fmt: skip
-        msg += f"; excluded {len(excluded)} run(s) with randomly initialised weights (never ranked): {ids}"
+                        for r in excluded if r.random_init)  # fmt: skip
+        partial = ", ".join(r.run_id for r in excluded if not r.random_init)
+        if ids:
+            msg += f"; excluded run(s) with randomly initialised weights (never ranked): {ids}"
+        if partial:
+            msg += f"; excluded run(s) on partial data (--allow-partial-data, never ranked): {partial}"
     if bad:
         msg += f"; skipped {len(bad)} malformed file(s): {', '.join(p.name for p, _ in bad)}"
     echo(msg)

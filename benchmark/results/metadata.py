@@ -35,9 +35,14 @@ def primary_metrics(dataset: str, variant: str = "") -> tuple[str, ...]:
 
 
 def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"eval": {"layout": "gt"}}`` -> ``{"eval.layout": "gt"}`` (lists become tuples, so values hash)."""
+    """``{"eval": {"layout": "gt"}}`` -> ``{"eval.layout": "gt"}`` (lists become tuples, so values hash); a method
+    field under its old name (``benchmark.config.RENAMED_FIELDS``, e.g. ``lr``) reads as its new name."""
+    from benchmark.config import RENAMED_FIELDS
+
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if prefix == "method_cfg.":
+            k = RENAMED_FIELDS.get(k, k)
         if isinstance(v, dict):
             out.update(flatten_config(v, f"{prefix}{k}."))
         else:

@@ -12,7 +12,7 @@ read: :func:`load_result` fills ``metric``/``mode`` from the metric registry of 
 declared ``mode``; parsed, not imported), and ``config_changes`` is computed against today's tier defaults
 when the run is grouped: the documented fallbacks for results written before the facts were recorded.
 
-Run flags: a boolean top-level field listed in :data:`RUN_FLAGS` keeps a run off the ranking (it is still
+Run flags: a top-level field listed in :data:`RUN_FLAGS` keeps a run off the ranking when set (true or non-empty; it is still
 written, listed and shown with its flag). Add a flag by adding the field to :class:`RunResult` and its name
 to :data:`RUN_FLAGS`.
 """
@@ -27,7 +27,14 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -40,7 +47,7 @@ READABLE_SCHEMAS = ("1", "2")
 LAYOUTS = ("pred", "gt")
 TIMINGS = ("train_s", "sample_s", "eval_s", "total_s")
 MAX_HISTORY = 200  # training-history points kept in a result
-RUN_FLAGS = ("random_init",)  # boolean RunResult fields that keep a run off the ranking
+RUN_FLAGS = ("random_init", "partial_data")  # boolean RunResult fields that keep a run off the ranking
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # safe in file names
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -254,6 +261,8 @@ class RunResult(Record):
     environment: dict[str, Any] = Field(default_factory=current_environment)
     timings: dict[str, float]
     train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
+    # {split: [samples found, samples the protocol has]} when run with --allow-partial-data; never ranked
+    partial_data: dict[str, list[int]] | None = None
     family: str = ""  # the method's family (``registry.family``: a preset's family, else the method); "" in old files
 
     @model_validator(mode="before")
@@ -349,6 +358,11 @@ class RunResult(Record):
     def flags(self) -> tuple[str, ...]:
         """The :data:`RUN_FLAGS` set on this run (any keeps it off the ranking)."""
         return tuple(f for f in RUN_FLAGS if getattr(self, f, False))
+
+    @property
+    def unranked(self) -> bool:
+        """Kept off the ranked leaderboard: random-init weights, a dataset smaller than the protocol's, ..."""
+        return bool(self.flags)
 
     def to_json(self) -> dict[str, Any]:
         d = self.model_dump(exclude={"evaluations", "train_history"})

@@ -112,7 +112,7 @@ def test_registry_finds_vg() -> None:
 
 
 def test_defaults_equal_sg2im() -> None:
-    # google/sg2im scripts/preprocess_vg.py argparse defaults (shared/reference/dataset-formats.md 2.2).
+    # google/sg2im scripts/preprocess_vg.py argparse defaults (google/sg2im, scripts/preprocess_vg.py).
     sg2im = {
         "min_image_size": 200,
         "train_split": "train",

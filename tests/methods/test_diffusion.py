@@ -240,3 +240,14 @@ def test_timestep_embedding_and_unet_shapes():
         unmasked[0, 0] += 100
         torch.testing.assert_close(net(x, t, None, masked, mask), ref)
         assert float((net(x, t, None, unmasked, mask)[0] - ref[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups"), [(32, 32), (64, 32), (128, 32), (192, 32), (256, 32), (16, 4), (48, 12), (8, 2), (3, 1)]
+)
+def test_norm_groups_is_adm_32_for_multiples_of_32_and_a_fallback_only_below(channels, groups):
+    from methods.unet import norm_groups, normalization
+
+    assert norm_groups(channels) == groups
+    gn = normalization(channels)
+    assert (gn.num_groups, gn.num_channels) == (groups, channels)

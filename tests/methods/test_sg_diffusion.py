@@ -10,6 +10,7 @@ import torch
 from benchmark import registry
 from benchmark.batch import collate
 from benchmark.config import build_run_config
+from benchmark.preflight import random_weights_if_needed
 from benchmark.protocol import load_protocol
 from benchmark.seeding import sample_generators
 from benchmark.train import build_dataset, dataset_info, load_method, train
@@ -62,7 +63,8 @@ def trained(batch):
 
 @pytest.mark.parametrize("method_name,dataset", CASES)
 def test_trains_a_step_samples_and_reloads(method_name, dataset, tmp_path):
-    cfg = build_run_config(method_name, dataset, tier="smoke", seed=0, device="cpu", sets={"train.steps": 1})
+    sets = {"train.steps": 1, **random_weights_if_needed(method_name)}
+    cfg = build_run_config(method_name, dataset, tier="smoke", seed=0, device="cpu", sets=sets)
     out = train(cfg, tmp_path, progress=False)
     assert out.history == [] or all(v == v for v in out.history[-1].values())
     ds = build_dataset(dataset, "test", cfg.image_size)
@@ -181,7 +183,7 @@ def test_predicted_layout_is_valid_and_differs_from_ground_truth(trained, batch)
 
 def test_layout_heads_learn_the_boxes(batch):
     torch.manual_seed(0)
-    m, _ = build(lr=3e-3)
+    m, _ = build(learning_rate=3e-3)
     first = [m.train_step(batch, i) for i in range(2)]
     for i in range(2, 25):
         last = m.train_step(batch, i)

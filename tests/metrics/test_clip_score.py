@@ -34,6 +34,7 @@ def no_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("SG2I_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setattr(cs, "OPENAI_URL_CACHE", "~/.cache/clip")  # open_clip's default, under this HOME
 
 
 def _data(n: int = 6) -> tuple[ShapesDataset, list]:
