@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark import distributed
+from benchmark import accel, distributed
 from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_state
 from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
@@ -60,7 +60,7 @@ def _record(
         image_size=cfg.image_size,
         protocol={"version": proto["version"], "sha256": proto["sha256"]},
         splits={"train": {"version": method.info.split_version, "sha256": method.info.split_sha256}, **splits},
-        config=cfg.to_dict(),
+        config={**cfg.to_dict(), "accel": accel.resolve(cfg.train, device).to_dict()},  # the effective switches
         evaluations=evaluations,
         weights=weights,
         random_init=any(w.random_init for w in weights),
