@@ -80,9 +80,7 @@ def resolve(train: Any, device: torch.device | str) -> Accel:
             f"--set train.grad_accum={train.grad_accum}: train.batch_size={train.batch_size} (the global batch) "
             "must be a multiple of it"
         )
-    fused = bool(train.fused_optimizer) and cuda
-    if train.fused_optimizer and not cuda:
-        notes.append("train.fused_optimizer: fused Adam/AdamW kernels are CUDA-only; the default kernels on CPU")
+    fused = bool(train.fused_optimizer) and cuda  # fused Adam/AdamW kernels are CUDA-only here
     workers = train.num_workers if train.num_workers is not None else (CUDA_WORKERS if cuda else 0)
     if workers < 0:
         raise ValueError(f"--set train.num_workers: expected an integer >= 0, got {workers}")

@@ -76,5 +76,5 @@ def alternate(
         f"{torch.get_num_threads()} threads)"
     )
     RESULTS.append(line)
-    print("\n[side-by-side] " + line)
+    print("\n[side-by-side] " + line, flush=True)
     return out
