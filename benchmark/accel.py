@@ -2,7 +2,7 @@
 
 Each switch is a :class:`~benchmark.config.TrainConfig` field; ``None`` means "by device" (on for CUDA where it
 is safe, off on CPU) and :func:`resolve` turns the fields into the effective :class:`Accel` that the result
-records (``config.accel``), with a note for every fallback taken on this device:
+records (``environment.accel``), with a note for every fallback taken on this device:
 
 - ``precision``: autocast dtype. ``bf16`` (Micikevicius et al. 2018, mixed precision; bf16 needs no loss
   scaling) is the CUDA default and also runs on CPU (torch's CPU autocast); ``fp16`` adds a

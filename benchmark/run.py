@@ -60,12 +60,14 @@ def _record(
         image_size=cfg.image_size,
         protocol={"version": proto["version"], "sha256": proto["sha256"]},
         splits={"train": {"version": method.info.split_version, "sha256": method.info.split_sha256}, **splits},
-        config={**cfg.to_dict(), "accel": accel.resolve(cfg.train, device).to_dict()},  # the effective switches
+        config=cfg.to_dict(),
         evaluations=evaluations,
         weights=weights,
         random_init=any(w.random_init for w in weights),
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        environment={**environment(), "world_size": distributed.world_size()},
+        # accel: the train.* GPU-path switches as resolved on this device (benchmark/accel.py)
+        environment={**environment(), "world_size": distributed.world_size(),
+                     "accel": accel.resolve(cfg.train, device).to_dict()},
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         train_history=downsample_history(history) if history else None,
     )

@@ -96,7 +96,7 @@ def runs(device: str, tiny: bool, out: Path) -> dict[str, Any]:
                 cfg = build_run_config(method, "shapes", tier=tier, device=device, sets=sets)
                 result, _ = run(cfg, out / "runs", out / "results", progress=False)
                 res[key] = {"ok": True, "timings": result.timings, "metrics": _metrics(result),
-                            "accel": result.config.get("accel")}
+                            "accel": result.environment.get("accel")}
             except Exception as e:
                 res[key] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             res[key]["seconds"] = round(time.perf_counter() - t0, 2)

@@ -8,6 +8,7 @@ always runs on a warmer cache), after warm-up rounds of both, and the medians an
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +41,11 @@ def alternate(
     Returns (and records in ``benchmark.extra_info``) both medians in seconds, their minima, and
     ``ratio = peer_median / ours_median`` (> 1: ours is faster). ``items`` (images per call) adds img/s.
     """
+    # SG2I_BENCH_ROUNDS=r[,w]: fewer rounds (and warm-ups) for a quick look while developing.
+    env = os.environ.get("SG2I_BENCH_ROUNDS")
+    if env:
+        rounds, _, w = env.partition(",")
+        rounds, warmup = int(rounds), int(w) if w else warmup
     for _ in range(warmup):
         peer()
         ours()
