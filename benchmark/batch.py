@@ -75,6 +75,11 @@ class SceneGraphBatch:
             moved[f.name] = v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
         return replace(self, **moved)
 
+    def pin_memory(self) -> SceneGraphBatch:
+        """Page-locked copies of the tensors (``DataLoader(pin_memory=True)`` calls this in its pin thread)."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
     def split(self) -> list[SceneGraphItem]:
         """Unpack into per-image items with local triple indices (inverse of :func:`collate`)."""
         items = []

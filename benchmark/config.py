@@ -24,8 +24,16 @@ class TrainConfig:
     batch_size: int = 32
     checkpoint_every: int = 500  # steps between self-describing checkpoints (and at the end)
     log_every: int = 50
-    num_workers: int = 0  # DataLoader workers
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    # The GPU path (benchmark/accel.py resolves them per device; None = by device; the result records them)
+    precision: str = "auto"  # autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (+ GradScaler)
+    channels_last: bool | None = None  # NHWC weights and images (None: on for CUDA)
+    fused_optimizer: bool = True  # fused Adam/AdamW kernels (CUDA only)
+    compile: bool = False  # torch.compile of the method's compile_targets
+    grad_accum: int = 1  # micro-batches per optimiser step; batch_size stays the global batch
+    num_workers: int | None = None  # DataLoader workers (None: 4 on CUDA, 0 on CPU)
+    pin_memory: bool | None = None  # (None: on for CUDA)
+    persistent_workers: bool = True  # keep the workers between epochs (when num_workers > 0)
+    non_blocking: bool = True  # asynchronous host-to-device copies (CUDA, pinned memory)
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,16 @@ class Method(nn.Module, abc.ABC):
     Config: ClassVar[type]
     tier_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
     trainable: ClassVar[bool] = True
+    # The GPU path (benchmark/accel.py): submodules that ``train.compile`` compiles, and whether ``train_step``
+    # splits its batch into ``self.grad_accum`` micro-batches (``train.grad_accum``) for one optimiser step.
+    compile_targets: ClassVar[tuple[str, ...]] = ()
+    supports_grad_accum: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, info: DatasetInfo) -> None:
         super().__init__()
         self.cfg = cfg
         self.info = info
+        self.grad_accum = 1
 
     def setup(self, train_set: SceneGraphDataset) -> None:
         """Called once before training with the training split (e.g. to build an index)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark import distributed, registry
+from benchmark import accel, distributed, registry
 from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_state
 from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
@@ -62,7 +62,9 @@ def _record(
         weights=weights,
         random_init=any(w.random_init for w in weights),
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        environment={**environment(), "world_size": distributed.world_size()},
+        # accel: the train.* GPU-path switches as resolved on this device (benchmark/accel.py)
+        environment={**environment(), "world_size": distributed.world_size(),
+                     "accel": accel.resolve(cfg.train, device).to_dict()},
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         train_history=downsample_history(history) if history else None,
         family=registry.family(cfg.method),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from benchmark import accel as accel_mod
 from benchmark import distributed, registry
 from benchmark.batch import collate
 from benchmark.checkpoint import (
@@ -99,6 +100,7 @@ class TrainOutcome:
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    accel: dict[str, Any] = field(default_factory=dict)  # the effective GPU-path switches (accel.Accel)
 
 
 def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float) -> dict[str, Any]:
@@ -146,6 +148,8 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     info = dataset_info(train_set, proto["version"])
     method_cls = registry.get("method", cfg.method)
     method: Method = method_cls(cfg.method_cfg, info).to(device)
+    accel = accel_mod.resolve(cfg.train, device)
+    accel_mod.prepare_method(method, accel)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / CHECKPOINT_NAME
@@ -217,19 +221,20 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
             train_set,
             batch_sampler=StepSampler(len(train_set), cfg.train.batch_size, cfg.seed, start, steps),
             collate_fn=collate,
-            num_workers=cfg.train.num_workers,
-            pin_memory=device.type == "cuda",
+            num_workers=accel.num_workers,
+            pin_memory=accel.pin_memory,
+            persistent_workers=accel.persistent_workers,
             # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
             # would see a shifted stream of training noise.
             generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "loader", distributed.rank())),
         )
-        use_amp = cfg.train.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type) if accel.grad_scaler else None
         method.train()
         bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method}/{cfg.dataset}",
                    disable=not progress or not distributed.is_main())  # fmt: skip
         for step, batch in enumerate(loader, start=start):
-            batch = batch.to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            batch = accel_mod.prepare_batch(batch, accel, device)
+            with accel_mod.train_step_context(accel, scaler):
                 losses = method.train_step(batch, step)
             if world > 1:
                 losses = distributed.mean_losses(losses)  # the same values (and stop decision) on every rank
@@ -254,7 +259,7 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
         averager.close()
     distributed.barrier()
     method.eval()
-    return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start)
+    return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start, accel=accel.to_dict())
 
 
 def _restore(method: Method, ckpt: Path, state: dict[str, Any], extra: dict[str, Any]) -> None:

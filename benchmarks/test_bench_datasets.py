@@ -253,10 +253,10 @@ def test_coco_loading_throughput_one_worker(benchmark, coco_root):
     benchmark.extra_info.update(samples=out["value"], samples_per_s=out["value"] / out["seconds"])
 
 
-@pytest.mark.parametrize("anti_aliasing", [None, False], ids=["skimage_default", "skimage_0.14"])
-def test_coco_sg2im_getitem_baseline(benchmark, coco_root, anti_aliasing):
-    """google/sg2im ``CocoSceneGraphDataset.__getitem__``'s work per item on the first 128 train items at 64x64:
-    scikit-image's current default resize (anti-aliased) or 0.14's (sg2im's pin, none)."""
+def _sg2im_getitem(coco_root, ds, anti_aliasing):
+    """google/sg2im ``CocoSceneGraphDataset.__getitem__``'s work per item at 64x64 (JPEG decode + bilinear
+    resize, pycocotools decode of every mask at full size, crop, scikit-image resize, centres, relations) for
+    the first 128 train items of ``ds``: returns ``(item(image_id), image_ids)``."""
     import json
     import math
     import random
@@ -268,9 +268,7 @@ def test_coco_sg2im_getitem_baseline(benchmark, coco_root, anti_aliasing):
     from pycocotools import mask as mask_utils
 
     skt = pytest.importorskip("skimage.transform")
-    from benchmark.data.coco_stuff import CocoStuffDataset
 
-    ds = CocoStuffDataset.build("train", 64, root=coco_root)
     ids = {int(i) for i in ds.image_ids[:128]}
     files, objects = {}, defaultdict(list)
     for kind in ("instances", "stuff"):
@@ -313,7 +311,34 @@ def test_coco_sg2im_getitem_baseline(benchmark, coco_root, anti_aliasing):
             triples.append([s, math.atan2(d[1], d[0]), o])
         return img, boxes, masks, triples
 
-    order = [int(i) for i in ds.image_ids[:128]]
+    return item, [int(i) for i in ds.image_ids[:128]]
+
+
+@pytest.mark.parametrize("anti_aliasing", [None, False], ids=["skimage_default", "skimage_0.14"])
+def test_coco_sg2im_getitem_baseline(benchmark, coco_root, anti_aliasing):
+    """google/sg2im ``CocoSceneGraphDataset.__getitem__``'s work per item on the first 128 train items at 64x64:
+    scikit-image's current default resize (anti-aliased) or 0.14's (sg2im's pin, none)."""
+    from benchmark.data.coco_stuff import CocoStuffDataset
+
+    ds = CocoStuffDataset.build("train", 64, root=coco_root)
+    item, order = _sg2im_getitem(coco_root, ds, anti_aliasing)
     run, out = _timed(lambda: [item(i) for i in order])
     benchmark.pedantic(run, rounds=2, iterations=1)
     benchmark.extra_info.update(samples=len(order), samples_per_s=len(order) / out["seconds"])
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["image_cache", "decode_jpeg"])
+def test_coco_item_vs_sg2im_getitem(benchmark, coco_root, cached):
+    """The same 128 train items at 64x64: sg2im's ``__getitem__`` rules (scikit-image 0.14 resize, its pin)
+    vs ours (``ds[i]``, from the 64 px image cache or decoding each JPEG), alternately."""
+    from benchmark.data.coco_stuff import CocoStuffDataset
+    from benchmarks.side_by_side import alternate
+
+    ds = CocoStuffDataset.build("train", 64, root=coco_root)
+    if not cached:
+        ds._cache_file = None  # decode every JPEG
+    item, order = _sg2im_getitem(coco_root, ds, False)
+    n = len(order)
+    alternate(benchmark, f"COCO-Stuff items at 64 px ({'cached' if cached else 'uncached'}), 128 items",
+              lambda: [item(i) for i in order], lambda: [ds[i] for i in range(n)], rounds=3, warmup=1,
+              peer_name="sg2im __getitem__ rules", items=n)

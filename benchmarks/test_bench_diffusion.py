@@ -4,13 +4,11 @@ Run: ``python -m pytest benchmarks/test_bench_diffusion.py -p no:cacheprovider -
 -o addopts=--import-mode=importlib``. Figures go to ``benchmark.extra_info``; nothing is asserted about time.
 
 - ``test_train_step_quick``: one ``train_step`` of ``learned_ddpm`` at the quick tier (32 px, batch 32).
-- ``test_train_step_improved_diffusion_config``: our training step (UNet + hybrid loss + AdamW + EMA) on the
-  configuration of the improved-diffusion reference measurement (openai/improved-diffusion, 64 ch,
-  ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, learned sigma, 32 px,
-  batch 32: 9.9M parameters). When ``improved_diffusion`` is importable (``pip install
-  git+https://github.com/openai/improved-diffusion``) its ``UNetModel`` is timed side by side in the same
-  test (same loss, optimizer and batch) and the speed ratio is recorded; otherwise only the anchor's figure
-  (3.97 s per step on the reference 2-core machine) is recorded for comparison.
+- ``test_unet_train_step_vs_diffusers`` / ``test_unet_denoising_step_vs_diffusers``: improved-diffusion's
+  32 px UNet (64 ch, ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, learned
+  sigma, batch 32: 9,926,790 parameters) as ours and as diffusers' ``UNet2DModel`` of the same architecture
+  (same parameter count, checked), timed alternately in this run on the same inputs
+  (:mod:`benchmarks.side_by_side`): both medians and ``peer/ours``.
 - ``test_sampling_throughput[sampler]``: images/s of ``sample`` for the quick-tier model with 1000-step
   respaced DDPM (i.e. no respacing), 50-step DDIM and 20-step DPM-Solver++ (batch 16).
 - ``test_full_tier_train_step_cpu``: the full-tier 64 px model (ADM-64 scale) on CPU at batch 2, with the
@@ -30,8 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.side_by_side import alternate
+
 REPO = Path(__file__).resolve().parents[1]
-ANCHOR_IDDPM_STEP_S = 3.97  # measured with openai/improved-diffusion on this machine class:, 32x32, batch 32, 64 ch (9.9M params)
 
 
 def _method(tier: str, image_size: int, **sets: object):
@@ -79,66 +78,99 @@ def test_train_step_quick(benchmark):
     benchmark.extra_info.update({"it_per_s": 1 / s, "img_per_s": 32 / s, "threads": torch.get_num_threads()})
 
 
-def _iddpm_like_step(unet: torch.nn.Module, ema: torch.nn.Module, opt, x0: torch.Tensor, diffusion) -> None:
-    from methods.diffusion import ema_update
+def _iddpm_unets() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """improved-diffusion's 32 px UNet (``image_train.py`` defaults with ``--num_channels 64``: channel_mult
+    (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, scale-shift norm, learned sigma, dropout
+    0.1) as ours and as diffusers' ``UNet2DModel`` (the peer). Both have 9,926,790 parameters."""
+    from diffusers import UNet2DModel
 
-    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],))
-    noise = torch.randn_like(x0)
-    x_t = diffusion.q_sample(x0, t, noise)
-    loss = diffusion.hybrid_loss(unet(x_t, t), x0, x_t, t, noise)["loss"].mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    ema_update(ema, unet, 0.9999)
-
-
-def test_train_step_improved_diffusion_config(benchmark):
-    import copy
-
-    from methods.diffusion import GaussianDiffusion
     from methods.unet import UNetModel
 
     torch.manual_seed(0)
-    diffusion = GaussianDiffusion(1000)
-    kw = dict(num_res_blocks=2, attention_resolutions=(2, 4), dropout=0.1, channel_mult=(1, 2, 2, 2))
-    ours = UNetModel(3, 64, 6, num_heads=4, use_scale_shift_norm=True, **kw)
-    ours_ema = copy.deepcopy(ours).requires_grad_(False)
-    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    x0 = torch.rand(32, 3, 32, 32) * 2 - 1
-    benchmark.extra_info.update({"params": _params(ours), "batch": 32, "anchor_step_s": ANCHOR_IDDPM_STEP_S})
-
-    ref_times: list[float] = []
-    try:
-        from improved_diffusion.unet import UNetModel as RefUNet
-    except ImportError:
-        ref = None
-    else:
-        ref = RefUNet(3, 64, 6, num_heads=4, use_scale_shift_norm=True, **kw)
-        ref_ema = copy.deepcopy(ref).requires_grad_(False)
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
-        benchmark.extra_info["reference_params"] = _params(ref)
-
-    def step() -> None:
-        # Interleave the reference with ours so that both see the same machine load.
-        if ref is not None:
-            t0 = time.perf_counter()
-            _iddpm_like_step(ref, ref_ema, ref_opt, x0, diffusion)
-            ref_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _iddpm_like_step(ours, ours_ema, opt, x0, diffusion)
-        ours_times.append(time.perf_counter() - t0)
-
-    ours_times: list[float] = []
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-    ours_s = sorted(ours_times[1:])[len(ours_times[1:]) // 2]
-    benchmark.extra_info.update(
-        {"ours_step_s": ours_s, "speedup_vs_anchor_figure": ANCHOR_IDDPM_STEP_S / ours_s}
+    ours = UNetModel(
+        3, 64, 6, num_res_blocks=2, attention_resolutions=(2, 4), dropout=0.1, channel_mult=(1, 2, 2, 2),
+        num_heads=4, use_scale_shift_norm=True,
     )
-    if ref_times:
-        ref_s = sorted(ref_times[1:])[len(ref_times[1:]) // 2]
-        benchmark.extra_info.update(
-            {"reference_step_s": ref_s, "speedup_vs_reference_side_by_side": ref_s / ours_s}
-        )
+    peer = UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=6,
+        block_out_channels=(64, 128, 128, 128),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        resnet_time_scale_shift="scale_shift",
+        attention_head_dim=32,  # 128 channels / 4 heads
+        norm_num_groups=32,
+        attn_norm_num_groups=32,  # the middle attention block's GroupNorm (diffusers drops it for scale_shift)
+        dropout=0.1,
+        flip_sin_to_cos=True,  # [cos, sin] as in improved-diffusion's timestep_embedding
+        freq_shift=0,
+    )
+    return peer, ours
+
+
+def _hybrid_step(forward, net: torch.nn.Module, ema: torch.nn.Module, opt, x0: torch.Tensor, diffusion, g) -> None:
+    """One improved-diffusion training step: hybrid loss (L_simple + L_vlb), AdamW, EMA 0.9999."""
+    from methods.diffusion import ema_update
+
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    x_t = diffusion.q_sample(x0, t, noise)
+    loss = diffusion.hybrid_loss(forward(net, x_t, t), x0, x_t, t, noise)["loss"].mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    ema_update(ema, net, 0.9999)
+
+
+def _peer_forward(net, x, t):
+    return net(x, t).sample
+
+
+def _ours_forward(net, x, t):
+    return net(x, t.float())
+
+
+def test_unet_train_step_vs_diffusers(benchmark):
+    """Training step of improved-diffusion's 9.9M UNet, 32 px, batch 32, hybrid loss: diffusers
+    ``UNet2DModel`` of the same architecture vs ours, alternately, same images, timesteps and noise."""
+    import copy
+
+    from methods.diffusion import GaussianDiffusion
+
+    diffusion = GaussianDiffusion(1000)
+    peer, ours = _iddpm_unets()
+    n_peer, n_ours = _params(peer), _params(ours)
+    assert n_peer == n_ours, (n_peer, n_ours)
+    x0 = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sides = {}
+    for name, net, fwd in (("peer", peer, _peer_forward), ("ours", ours, _ours_forward)):
+        ema = copy.deepcopy(net).requires_grad_(False)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(1)
+        sides[name] = lambda net=net, ema=ema, opt=opt, g=g, fwd=fwd: _hybrid_step(fwd, net, ema, opt, x0, diffusion, g)
+    benchmark.extra_info.update(peer_params=n_peer, ours_params=n_ours, batch=32, image_size=32)
+    alternate(benchmark, "UNet training step (iDDPM 9.9M, 32 px, batch 32)", sides["peer"], sides["ours"],
+              rounds=5, warmup=2, peer_name="diffusers UNet2DModel", items=32)
+
+
+def test_unet_denoising_step_vs_diffusers(benchmark):
+    """One denoising forward pass (inference mode) of the same two UNets at batch 32."""
+    peer, ours = _iddpm_unets()
+    peer.eval()
+    ours.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 32, 32, generator=g)
+    t = torch.randint(0, 1000, (32,), generator=g)
+
+    def run(fwd, net):
+        with torch.inference_mode():
+            fwd(net, x, t)
+
+    benchmark.extra_info.update(peer_params=_params(peer), ours_params=_params(ours), batch=32)
+    alternate(benchmark, "UNet denoising step (iDDPM 9.9M, 32 px, batch 32)", lambda: run(_peer_forward, peer),
+              lambda: run(_ours_forward, ours), rounds=7, warmup=2, peer_name="diffusers UNet2DModel", items=32)
 
 
 @pytest.fixture(scope="module")

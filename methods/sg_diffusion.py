@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.batch import SceneGraphBatch
+from benchmark import accel
+from benchmark.batch import SceneGraphBatch, collate
 from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset, WeightProvenance
 from benchmark.nn.embedding import NodeEmbedding
 from benchmark.nn.graph import GraphTripleConvNet, build_mlp
@@ -102,6 +103,16 @@ class SGDiffusionConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     grad_clip: float = 0.0  # max gradient norm; 0 = off (ADM does not clip)
+    # activation checkpointing of the UNet blocks (recompute in backward: memory for time; exact).
+    # None: on at >= 128 px (the ADM-128/256 configurations), off below.
+    activation_checkpointing: bool | None = None
+
+
+def _micro_batches(batch: SceneGraphBatch, k: int) -> list[SceneGraphBatch]:
+    """``batch`` as ``k`` consecutive micro-batches of (nearly) equal size, in image order."""
+    items = batch.split()
+    bounds = [round(i * len(items) / k) for i in range(k + 1)]
+    return [collate(items[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def adm_channel_mult(image_size: int) -> tuple[int, ...]:
@@ -323,6 +334,7 @@ class SGDenoiser(nn.Module):
             resblock_updown=cfg.resblock_updown,
             cond_dim=self.cond.glob_dim,
             encoder_channels=cfg.embed_dim,
+            use_checkpoint=size >= 128 if cfg.activation_checkpointing is None else cfg.activation_checkpointing,
         )
         self.eps_skip = cfg.eps_skip
         abar = torch.from_numpy(np.cumprod(1.0 - cosine_betas(cfg.diffusion_steps))).float()
@@ -415,6 +427,8 @@ class SGDiffusion(Method):
 
     Config = SGDiffusionConfig
     tier_overrides = {"smoke": _SMOKE, "quick": _QUICK, "full": {}}
+    compile_targets = ("net.unet",)
+    supports_grad_accum = True
 
     def __init__(self, cfg: SGDiffusionConfig, info: DatasetInfo) -> None:
         super().__init__(cfg, info)
@@ -445,14 +459,19 @@ class SGDiffusion(Method):
                 out.append(p)
         return out
 
+    def _known_layout(self, batch: SceneGraphBatch) -> Tensor:
+        """Objects [O] bool with a ground-truth layout (``__image__`` excluded): the layout losses' rows."""
+        known = batch.objs != self.net.cond.image_obj
+        if batch.has_layout is not None:
+            known &= batch.has_layout.bool()
+        return known
+
     def layout_losses(self, cond: Condition, batch: SceneGraphBatch) -> dict[str, Tensor]:
         """sg2im's box regression MSE and a mask BCE, over objects with a known layout (``__image__`` excluded)."""
         zero = cond.glob.new_zeros(())
         if cond.box_pred is None:
             return {"box": zero, "mask": zero}
-        known = batch.objs != self.net.cond.image_obj
-        if batch.has_layout is not None:
-            known &= batch.has_layout.bool()
+        known = self._known_layout(batch)
         if not bool(known.any()):
             return {"box": zero, "mask": zero}
         box = F.mse_loss(cond.box_pred[known].float(), batch.boxes[known].float())
@@ -464,36 +483,58 @@ class SGDiffusion(Method):
         return {"box": box, "mask": mask}
 
     def train_step(self, batch: SceneGraphBatch, step: int) -> dict[str, float]:
+        """One AdamW step on the hybrid loss + layout losses of ``batch`` (the global batch).
+
+        With ``grad_accum = k`` the batch is split into ``k`` micro-batches whose gradients add up to the
+        full batch's: the timesteps, noise and condition drops are drawn for the whole batch first, the
+        per-image diffusion loss is divided by the global batch size and each layout loss is weighted by the
+        micro-batch's share of the known objects (both are means over the whole batch).
+        """
         cfg = self.cfg
         if batch.images is None:
             raise ValueError("sg_diffusion.train_step needs images")
         self.net.train()
-        x0 = batch.images * 2 - 1  # [B, 3, H, W] in [-1, 1]
-        b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=x0.device)
-        noise = torch.randn_like(x0)
-        x_t = self.diffusion.q_sample(x0, t, noise)
-        cond = self.net.cond(batch, layout="gt")
-        if cfg.cond_drop_prob > 0:
-            cond = self.net.cond.drop(cond, torch.rand(b, device=x0.device) < cfg.cond_drop_prob)
-        out = self.net(x_t, t, cond).float()
-        terms = self.diffusion.hybrid_loss(out, x0, x_t, t, noise)
-        lay = self.layout_losses(cond, batch)
-        loss = terms["loss"].mean() + cfg.box_loss_weight * lay["box"] + cfg.mask_loss_weight * lay["mask"]
+        x0_all = batch.images * 2 - 1  # [B, 3, H, W] in [-1, 1]
+        b = x0_all.shape[0]
+        t_all = torch.randint(0, self.diffusion.num_timesteps, (b,), device=x0_all.device)
+        # Drawn in logical (NCHW) order: randn_like would follow a channels-last layout and change the noise.
+        noise_all = torch.randn(x0_all.shape, device=x0_all.device, dtype=x0_all.dtype)
+        drop_all = torch.rand(b, device=x0_all.device) < cfg.cond_drop_prob if cfg.cond_drop_prob > 0 else None
+        k = max(1, min(int(self.grad_accum), b))
+        parts = [batch] if k == 1 else _micro_batches(batch, k)
+        n_known = max(int(self._known_layout(batch).sum()), 1)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        totals = dict.fromkeys(("loss", "mse", "vb", "box", "mask"), 0.0)
+        start = 0
+        for part in parts:
+            sl = slice(start, start + part.num_images)
+            start = sl.stop
+            x0, t, noise = x0_all[sl], t_all[sl], noise_all[sl]
+            x_t = self.diffusion.q_sample(x0, t, noise)
+            cond = self.net.cond(part, layout="gt")
+            if drop_all is not None:
+                cond = self.net.cond.drop(cond, drop_all[sl])
+            out = self.net(x_t, t, cond).float()
+            terms = self.diffusion.hybrid_loss(out, x0, x_t, t, noise)
+            lay = self.layout_losses(cond, part)
+            share = int(self._known_layout(part).sum()) / n_known if k > 1 else 1.0
+            loss = (
+                terms["loss"].sum() / b
+                + share * (cfg.box_loss_weight * lay["box"] + cfg.mask_loss_weight * lay["mask"])
+            )
+            accel.backward(loss)
+            totals["loss"] += float(loss.detach())
+            totals["mse"] += float(terms["mse"].sum().detach()) / b
+            totals["vb"] += float(terms["vb"].sum().detach()) / b
+            totals["box"] += share * float(lay["box"].detach())
+            totals["mask"] += share * float(lay["mask"].detach())
         if cfg.grad_clip > 0:
+            accel.unscale(self.opt)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.opt.step()
+        accel.step(self.opt)
         ema_update(self.ema, self.net, ema_decay(int(self.ema_updates), cfg.ema_decay))
         self.ema_updates += 1
-        return {
-            "loss": float(loss.detach()),
-            "mse": float(terms["mse"].mean().detach()),
-            "vb": float(terms["vb"].mean().detach()),
-            "box": float(lay["box"].detach()),
-            "mask": float(lay["mask"].detach()),
-        }
+        return totals
 
     def guided_output(
         self,

@@ -10,7 +10,9 @@ keys/values that the pixels attend to *together with* the self-attention keys). 
   (see :func:`norm_groups`);
 - attention through ``F.scaled_dot_product_attention`` with a key mask, so graphs with different numbers of
   objects can share a batch (GLIDE's text tokens have a fixed length);
-- no fp16 / gradient-checkpointing switches (bf16 autocast is the trainer's business).
+- no fp16 switch (autocast is the trainer's business); ``use_checkpoint`` recomputes each block's
+  activations in the backward pass (``torch.utils.checkpoint``, non-reentrant, RNG state restored: the same
+  gradients) instead of ADM's hand-written ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 
@@ -272,9 +275,11 @@ class UNetModel(nn.Module):
         resblock_updown: bool = False,
         cond_dim: int | None = None,
         encoder_channels: int | None = None,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.model_channels = model_channels
+        self.use_checkpoint = use_checkpoint
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -339,11 +344,20 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.cond_embed is not None and cond is not None:
             emb = emb + self.cond_embed(cond)
+        run = self._checkpointed if self.use_checkpoint and self.training and torch.is_grad_enabled() else _call
         hs, h = [], x
         for block in self.input_blocks:
-            h = block(h, emb, tokens, token_mask)
+            h = run(block, h, emb, tokens, token_mask)
             hs.append(h)
-        h = self.middle_block(h, emb, tokens, token_mask)
+        h = run(self.middle_block, h, emb, tokens, token_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, tokens, token_mask)
+            h = run(block, torch.cat([h, hs.pop()], dim=1), emb, tokens, token_mask)
         return self.out(h)
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, *args: Tensor | None) -> Tensor:
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+
+
+def _call(block: nn.Module, *args: Tensor | None) -> Tensor:
+    return block(*args)

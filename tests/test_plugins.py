@@ -96,7 +96,7 @@ def test_plugin_method_dataset_and_metric_run_end_to_end(site, tmp_path):
 
     cfg = build_run_config("toy_paint", "toy_blocks", tier="smoke", seed=0, device="cpu")
     assert cfg.eval.metrics == ("toy_color_gap",) and cfg.train.steps == 3  # the plug-in's protocol file
-    assert cfg.method_cfg.lr == 0.5  # the plug-in method's smoke tier
+    assert cfg.method_cfg.learning_rate == 0.5  # the plug-in method's smoke tier
     result, path = run(cfg, out=tmp_path / "runs", results_dir=tmp_path / "results", progress=False)
     assert path.parent == tmp_path / "results" / "runs" and load_result(path).family == "toy_paint"
     assert result.method == "toy_paint" and result.family == "toy_paint" and not result.random_init

@@ -106,7 +106,8 @@ class GraphTripleConv(nn.Module):
         new_s, new_p, new_o = new_t[:, :h], new_t[:, h : h + dout], new_t[:, h + dout :]
         # One scatter over the 2T (row, candidate) pairs: the same sums as sg2im's two scatter_adds.
         idx = torch.cat([s_idx, o_idx])
-        pooled = obj_vecs.new_zeros(num_objs, h).index_add(0, idx, torch.cat([new_s, new_o]))
+        cand = torch.cat([new_s, new_o])
+        pooled = cand.new_zeros(num_objs, h).index_add(0, idx, cand)  # cand's dtype: bf16 under autocast
         if self.pooling == "avg":
             counts = torch.bincount(idx, minlength=num_objs).to(pooled.dtype).clamp(min=1)
             pooled = pooled / counts.view(-1, 1)

@@ -15,7 +15,7 @@ from benchmark.seeding import randn
 
 @dataclass(frozen=True)
 class ToyPaintConfig:
-    lr: float = 0.1
+    learning_rate: float = 0.1
     noise: float = 0.01  # per-pixel noise of a sample, drawn from the sample's generator
 
 
@@ -24,12 +24,12 @@ class ToyPaint(Method):
     """Toy plug-in method: one learned RGB colour per object class, painted into the ground-truth boxes."""
 
     Config = ToyPaintConfig
-    tier_overrides = {"smoke": {"method.lr": 0.5}}
+    tier_overrides = {"smoke": {"method.learning_rate": 0.5}}
 
     def __init__(self, cfg: ToyPaintConfig, info: DatasetInfo) -> None:
         super().__init__(cfg, info)
         self.colors = nn.Parameter(torch.full((info.vocab.num_objects, 3), 0.5))
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=cfg.learning_rate)
 
     def _paint(self, batch: SceneGraphBatch) -> Tensor:
         s = self.info.image_size
