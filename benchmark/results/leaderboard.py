@@ -186,13 +186,14 @@ def build_leaderboard(results_dir: str | Path | None = None, *, echo: Callable[[
     msg = f"leaderboard {board.path}: {n_rows} row(s) from {len(ranked)} run(s)"
     msg += f"; {root / LEADERBOARD_MEAN_STD}: {len(groups)} row(s), mean and std over seeds"
     if excluded:
+        rnd = [r for r in excluded if r.random_init]
+        partial = [r.run_id for r in excluded if not r.random_init]
         ids = ", ".join(f"{r.run_id} ({weights_summary([w for w in r.weights if w.random_init]) or 'flagged'})"
-                        for r in excluded if r.random_init)  # fmt: skip
-        partial = ", ".join(r.run_id for r in excluded if not r.random_init)
-        if ids:
-            msg += f"; excluded run(s) with randomly initialised weights (never ranked): {ids}"
+                        for r in rnd)  # fmt: skip
+        if rnd:
+            msg += f"; excluded {len(rnd)} run(s) with randomly initialised weights (never ranked): {ids}"
         if partial:
-            msg += f"; excluded run(s) on partial data (--allow-partial-data, never ranked): {partial}"
+            msg += f"; excluded {len(partial)} run(s) on partial data (never ranked): {', '.join(partial)}"
     if bad:
         msg += f"; skipped {len(bad)} malformed file(s): {', '.join(p.name for p, _ in bad)}"
     echo(msg)
