@@ -348,6 +348,7 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=current_environment)
     timings: dict[str, float]
     train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
+    imported: dict[str, Any] | None = None  # weights converted from a release: {kind, source, source_sha256, ...}
 
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "schema_version", "run_id", "created", "method", "dataset", "tier", "seed", "image_size", "protocol",
@@ -395,9 +396,11 @@ class RunResult:
             put("random_init", True)
         if self.checkpoint is not None:
             ck = _mapping(self.checkpoint, "checkpoint")
-            _fields(ck, ("path", "sha256"), (), "checkpoint")
+            _fields(ck, ("path", "sha256"), ("tensors_sha256",), "checkpoint")
             _str(ck["path"], "checkpoint.path")
             _str(ck["sha256"], "checkpoint.sha256", _SHA256)
+            if "tensors_sha256" in ck:
+                _str(ck["tensors_sha256"], "checkpoint.tensors_sha256", _SHA256)
             put("checkpoint", ck)
         put("environment", _mapping(self.environment, "environment"))
         _jsonable(self.environment, "environment")
@@ -406,6 +409,12 @@ class RunResult:
         put("timings", {k: _num(v, f"timings.{k}", 0.0) for k, v in timings.items()})
         if self.train_history is not None:
             put("train_history", _history(self.train_history, "train_history"))
+        if self.imported is not None:
+            imp = _mapping(self.imported, "imported")
+            _jsonable(imp, "imported")
+            _str(imp.get("kind"), "imported.kind")
+            _str(imp.get("source_sha256"), "imported.source_sha256", _SHA256)
+            put("imported", imp)
 
     @property
     def filename(self) -> str:
@@ -417,6 +426,8 @@ class RunResult:
         d["weights"] = [asdict(w) for w in self.weights]
         if self.train_history is not None:
             d["train_history"] = self.train_history
+        if self.imported is not None:
+            d["imported"] = self.imported
         return d
 
     @classmethod
@@ -425,7 +436,7 @@ class RunResult:
         if isinstance(obj, (str, Path)):
             return load_result(obj)
         d = _mapping(obj, "<result>")
-        _fields(d, cls._REQUIRED, ("train_history",))
+        _fields(d, cls._REQUIRED, ("train_history", "imported"))
         _str(d["run_id"], "run_id")  # only construction in code may leave these to default
         _str(d["created"], "created")
         evals = []

@@ -12,7 +12,7 @@ from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_stat
 from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
 from benchmark.evaluate import evaluate
-from benchmark.interfaces import Method
+from benchmark.interfaces import Method, WeightProvenance
 from benchmark.io import sha256_file
 from benchmark.protocol import load_protocol
 from benchmark.results import RunResult, downsample_history, rebuild_leaderboard, write_result
@@ -41,6 +41,7 @@ def _record(
     progress: bool,
     t_start: float,
     history: list[dict[str, float]] | None = None,
+    imported: dict | None = None,
 ) -> tuple[RunResult, Path]:
     device = resolve_device(cfg.device)
     proto = load_protocol(cfg.dataset, cfg.protocol)
@@ -48,6 +49,9 @@ def _record(
     if not distributed.is_main():
         return None, None  # type: ignore[return-value]  # under torchrun only rank 0 scores and writes
     weights = list(method.weight_provenance()) + metric_weights
+    if imported:  # weights converted from a release (benchmark/imports.py)
+        weights.append(WeightProvenance(f"{imported['kind']} release", f"imported:{imported.get('source', '')}",
+                                        imported["source_sha256"]))  # fmt: skip
     now = datetime.now(timezone.utc)
     result = RunResult(
         schema_version="1",
@@ -64,10 +68,12 @@ def _record(
         evaluations=evaluations,
         weights=weights,
         random_init=any(w.random_init for w in weights),
-        checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint),
+                    **{k: v for k, v in read_metadata(checkpoint).items() if k == "tensors_sha256"}},
         environment={**environment(), "world_size": distributed.world_size()},
         timings={"train_s": train_s, "sample_s": sample_s, "eval_s": eval_s, "total_s": time.perf_counter() - t_start},
         train_history=downsample_history(history) if history else None,
+        imported=imported,
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)
@@ -119,7 +125,8 @@ def eval_checkpoint(
     cfg = apply_overrides(cfg, {"device": device, **sets})
     history = checkpoint_history(checkpoint)
     return _record(
-        cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history
+        cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history,
+        meta.get("imported"),
     )
 
 
