@@ -21,7 +21,6 @@ which enforces the same rule again. Nothing else is ever unpickled.
 
 from __future__ import annotations
 
-import collections
 import io
 import pickle
 import pickletools
@@ -104,8 +103,33 @@ def scan_globals(path: Path) -> list[tuple[str, str]]:
             raise CheckpointError(f"{path}: not a torch.save file ({e})") from None
 
 
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_GLOBALS`; torch.load supplies the tensor storages via ``persistent_load``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+class _AllowListPickle:
+    """The ``pickle_module`` handed to ``torch.load``: its ``Unpickler`` and ``load`` use the allow-list."""
+
+    __name__ = "benchmark.imports.allow_list_pickle"
+    Unpickler = _AllowListUnpickler
+
+    @staticmethod
+    def load(f: Any, **kwargs: Any) -> Any:
+        return _AllowListUnpickler(f, **kwargs).load()
+
+
 def read_torch_pickle(path: str | Path) -> Any:
-    """Read a ``torch.save`` file holding only tensors and builtin containers; refuse any other global by name."""
+    """Read a ``torch.save`` file holding only tensors and builtin containers; refuse any other global by name.
+
+    ``torch.load(weights_only=True)`` first; files it cannot express (sg2im's loss logs are ``defaultdict(list)``
+    with items, which its unpickler refuses) are read with :class:`_AllowListUnpickler` (the same allow-list,
+    hand-written because torch's restricted unpickler has no hook for one more container type).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -115,10 +139,13 @@ def read_torch_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: refused: the pickle names the global(s) {names}, which are not tensors or "
                               "builtin containers (nothing was unpickled)")  # fmt: skip
     try:
-        with torch.serialization.safe_globals([collections.defaultdict, list, dict, set, frozenset, tuple]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_AllowListPickle)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a readable torch.save file of tensors and containers ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,6 +362,11 @@ def load_openai_unet(path: str | Path, unet: torch.nn.Module, kind: str = "impro
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a UNet state dict (name -> tensor)")
+    narrow = [f"{n} ({m.num_groups} groups)" for n, m in unet.named_modules()
+              if isinstance(m, torch.nn.GroupNorm) and m.num_groups != 32]  # fmt: skip
+    if narrow:  # openai's GroupNorm32 everywhere; ours uses fewer groups below 128 channels (methods/unet.py)
+        raise CheckpointError(f"{path}: the UNet built from method.* normalises {', '.join(narrow[:3])} with other "
+                              "than openai's 32 groups: use method.model_channels >= 128")  # fmt: skip
     heads = {f"{n}.qkv": m.num_heads for n, m in unet.named_modules() if isinstance(m, AttentionBlock)}
     target = unet.state_dict()
     new: dict[str, torch.Tensor] = {}
