@@ -337,3 +337,16 @@ def test_init_from_in_a_diffusion_run(tmp_path: Path) -> None:
     narrow = registry.get("method", "learned_ddpm")(build_run_config("learned_ddpm", "shapes", "smoke").method_cfg, info)
     with pytest.raises(CheckpointError, match="32 groups"):
         load_openai_unet(tmp_path / "ema_0.9999.pt", narrow.net.unet)
+
+
+def test_reproduce_of_an_imported_result_rescores_it(tmp_path: Path) -> None:
+    from benchmark.reproduce import reproduce
+
+    cfg, method = _model("shapes")
+    write_release(tmp_path / "s.pt", cfg, method)
+    out = tmp_path / "s.safetensors"
+    import_sg2im(tmp_path / "s.pt", out, "shapes", tier="smoke")
+    _, path = eval_checkpoint(out, "cpu", {"eval.num_graphs": 8}, tmp_path / "results", progress=False)
+    verdict, rows, new, _ = reproduce(path, tmp_path / "rep", device="cpu", progress=False)
+    assert verdict == "exact" and new.imported is not None and new.evaluations[0].num_graphs == 8
+    assert [r.verdict for r in rows if r.what == "checkpoint tensors_sha256"] == ["exact"]
