@@ -20,7 +20,7 @@ from typing import Any
 from benchmark import registry
 from benchmark.checkpoint import CheckpointError, config_from_dict, read_metadata
 from benchmark.config import EvalConfig, RunConfig, TrainConfig
-from benchmark.env import git_state
+from benchmark.env import environment, git_state
 from benchmark.protocol import load_protocol
 from benchmark.results import RunResult, load_result
 
@@ -31,6 +31,7 @@ class Row:
     recorded: str
     reproduced: str
     verdict: str  # exact | differs | not recorded
+    rel_diff: str = ""  # |a - b| / max(|a|, |b|) of two differing numbers
 
 
 def _warn(msg: str) -> None:
@@ -75,6 +76,18 @@ def preflight(rec: RunResult, cfg: RunConfig, unknown: list[str], warn: Callable
              f"(sha256 {proto['sha256'][:12]}); the result used {rec.protocol.get('version')} "
              f"({str(rec.protocol.get('sha256'))[:12]})")  # fmt: skip
         n += 1
+    env = {**rec.environment}
+    here = environment()
+    pk_a, pk_b = env.get("packages", {}), here.get("packages", {})
+    changed = [f"{k} {pk_a.get(k, '-')} -> {pk_b.get(k, '-')}" for k in sorted(set(pk_a) | set(pk_b)) if pk_a.get(k) != pk_b.get(k)]
+    if changed:
+        warn(f"package versions differ from the record: {', '.join(changed)}")
+        n += 1
+    for key in ("platform", "device", "num_threads", "python"):
+        if key in env and env[key] != here.get(key):
+            warn(f"environment '{key}' differs: recorded {env[key]!r}, here {here.get(key)!r} (CPU kernels, thread "
+                 "counts and library builds change float rounding)")  # fmt: skip
+            n += 1
     if unknown:
         warn(f"recorded config fields this code no longer has (ignored): {', '.join(unknown)}")
         n += 1
@@ -101,7 +114,9 @@ def compare(rec: RunResult, new: RunResult) -> list[Row]:
             a = ev.metrics[name].value if name in ev.metrics else None
             b = other.metrics[name].value if other and name in other.metrics else None
             present = name in ev.metrics and other is not None and name in other.metrics
-            rows.append(Row(f"{ev.split}/{ev.layout} {name}", _fmt(a), _fmt(b), "exact" if present and a == b else "differs"))
+            rel = f"{abs(a - b) / max(abs(a), abs(b)):.1e}" if a is not None and b is not None and a != b else ""
+            verdict = "exact" if present and a == b else "differs"
+            rows.append(Row(f"{ev.split}/{ev.layout} {name}", _fmt(a), _fmt(b), verdict, rel))
         if other is None:
             rows.append(Row(f"{ev.split}/{ev.layout}", "evaluated", "missing", "differs"))
     for split in sorted(set(rec.splits) | set(new.splits)):
@@ -121,9 +136,9 @@ def compare(rec: RunResult, new: RunResult) -> list[Row]:
 
 
 def format_rows(rows: list[Row]) -> str:
-    header = ("", "recorded", "reproduced", "verdict")
-    table = [header] + [(r.what, r.recorded, r.reproduced, r.verdict) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(4)]
+    header = ("", "recorded", "reproduced", "verdict", "rel. diff")
+    table = [header] + [(r.what, r.recorded, r.reproduced, r.verdict, r.rel_diff) for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table)
 
 

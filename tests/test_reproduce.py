@@ -50,6 +50,8 @@ def test_compare_flags_a_changed_metric_and_digest(recorded: tuple[RunResult, Pa
     split = rec.evaluations[0].split
     assert rows[f"{split}/pred fid"] == "differs" and rows["checkpoint tensors_sha256"] == "differs"
     assert sum(v == "differs" for v in rows.values()) == 2
+    (fid,) = [r for r in compare(rec, RunResult.from_json(d)) if r.what == f"{split}/pred fid"]
+    assert 0 < float(fid.rel_diff) < 1e-9
 
 
 def test_preflight_warns_about_commit_protocol_and_config(recorded: tuple[RunResult, Path]) -> None:
@@ -58,6 +60,8 @@ def test_preflight_warns_about_commit_protocol_and_config(recorded: tuple[RunRes
     d["environment"]["git_commit"] = "f" * 40
     d["protocol"]["version"] = "0.1"
     d["config"]["method_cfg"]["retired_option"] = 1
+    d["environment"]["packages"]["torch"] = "0.4.0"
+    d["environment"]["platform"] = "another-machine"
     old = RunResult.from_json(d)
     cfg, unknown = run_config_of(old, "cpu")
     assert unknown == ["method.retired_option"] and cfg.method_cfg == rec_cfg(rec)
@@ -65,7 +69,7 @@ def test_preflight_warns_about_commit_protocol_and_config(recorded: tuple[RunRes
     preflight(old, cfg, unknown, warnings.append)
     text = "\n".join(warnings)
     assert "recorded at commit ffffffffffff" in text and "protocol shapes is now version" in text
-    assert "retired_option" in text
+    assert "retired_option" in text and "torch 0.4.0 -> " in text and "'platform' differs" in text
 
 
 def rec_cfg(rec: RunResult):
