@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {ls,run,eval,sweep,leaderboard,report,prepare,generate}``.
+"""Command line: ``python -m benchmark {ls,run,eval,sweep,leaderboard,report,prepare,generate,import-checkpoint,reproduce}``.
 
 Imports stay inside the commands so that ``ls`` answers without loading torch.
 """
@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   python -m benchmark eval runs/retrieval__shapes__quick__s0/checkpoint.safetensors
   python -m benchmark generate runs/retrieval__shapes__quick__s0/checkpoint.safetensors graphs.json --out images/
   python -m benchmark report --runs runs/
+  python -m benchmark import-checkpoint sg2im sg2im-models/coco64.pt --out imported/coco64.safetensors
+  python -m benchmark reproduce results/runs/retrieval__shapes__quick__s0__<run id>.json --out reproduce/
   python -m benchmark sweep --method retrieval --method sg2im --seeds 0,1,2 --tier quick --executor submitit-local
   torchrun --nproc_per_node 4 -m benchmark run --method sg2im --dataset coco_stuff --tier full
 """
@@ -146,6 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("pred", "gt"), default="pred",
                    help="pred: the method predicts boxes; gt: the graphs' 'boxes'")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+
+    p = sub_parser("import-checkpoint", help="convert a released checkpoint (google/sg2im) into a suite checkpoint")
+    p.add_argument("kind", help="sg2im (improved_diffusion / guided_diffusion: use --set method.init_from=FILE)")
+    p.add_argument("file", type=Path, help="the released file, e.g. sg2im-models/coco64.pt")
+    p.add_argument("--out", type=Path, required=True, help="the suite checkpoint to write (.safetensors)")
+    p.add_argument("--dataset", default=None, help="whose vocabulary to map to (default: from the file name)")
+    p.add_argument("--tier", default="full", help="tier whose evaluation settings eval uses (default full)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed recorded in the checkpoint (>= 0)")
+    p.add_argument("--protocol", default="", help="protocol variant, e.g. lostgan")
+
+    p = sub_parser("reproduce", help="re-run the run a result file describes; table of recorded vs reproduced")
+    p.add_argument("result", type=Path, help="results/runs/<run>.json")
+    p.add_argument("--out", type=Path, default=Path("reproduce"), help="fresh folder for the re-run (and its result)")
+    p.add_argument("--results", type=Path, default=None, help="where the reproduced result goes (default OUT/results)")
+    p.add_argument("--device", default="cpu", help="cpu (default: exact on CPU), cuda, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -254,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "import-checkpoint":
+            from benchmark.imports import main_import
+
+            return main_import(args.kind, args.file, args.out, args.dataset, args.tier, args.seed, args.protocol)
+        if args.command == "reproduce":
+            from benchmark.reproduce import format_rows, reproduce
+
+            verdict, rows, _, path = reproduce(args.result, args.out, args.results, args.device, not args.quiet)
+            print(f"\nreproduced: {path}\n{format_rows(rows)}\nverdict: {verdict}")
+            return 0 if verdict == "exact" else 1
         if args.command == "generate":
             from benchmark.run import generate
 

@@ -10,7 +10,7 @@ from benchmark.checkpoint import config_from_dict, read_metadata, unflatten_stat
 from benchmark.config import RunConfig, TrainConfig, apply_overrides, build_run_config
 from benchmark.env import environment
 from benchmark.evaluate import evaluate
-from benchmark.interfaces import Method
+from benchmark.interfaces import Method, WeightProvenance
 from benchmark.io import sha256_file
 from benchmark.preflight import announce, check_run
 from benchmark.protocol import load_protocol
@@ -41,6 +41,7 @@ def _record(
     t_start: float,
     history: list[dict[str, float]] | None = None,
     partial_data: dict[str, list[int]] | None = None,
+    imported: dict | None = None,
 ) -> tuple[RunResult, Path]:
     device = resolve_device(cfg.device)
     proto = load_protocol(cfg.dataset, cfg.protocol)
@@ -48,6 +49,9 @@ def _record(
     if not distributed.is_main():
         return None, None  # type: ignore[return-value]  # under torchrun only rank 0 scores and writes
     weights = list(method.weight_provenance()) + metric_weights
+    if imported:  # weights converted from a release (benchmark/imports.py)
+        weights.append(WeightProvenance(f"{imported['kind']} release", f"imported:{imported.get('source', '')}",
+                                        imported["source_sha256"]))  # fmt: skip
     result = RunResult(  # run_id and created: now (benchmark.io.new_run_id, utc_now)
         method=cfg.method,
         dataset=cfg.dataset,
@@ -61,7 +65,8 @@ def _record(
         evaluations=evaluations,
         weights=weights,
         random_init=any(w.random_init for w in weights),
-        checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint),
+                    **{k: v for k, v in read_metadata(checkpoint).items() if k == "tensors_sha256"}},
         # accel: the train.* GPU-path switches as resolved on this device (benchmark/accel.py)
         environment={**environment(), "world_size": distributed.world_size(),
                      "accel": accel.resolve(cfg.train, device).to_dict()},
@@ -69,6 +74,7 @@ def _record(
         train_history=downsample_history(history) if history else None,
         family=registry.family(cfg.method),
         partial_data=partial_data,
+        imported=imported,
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)  # the only rebuild of a run; the CLI prints this one (latest_leaderboard)
@@ -135,6 +141,7 @@ def eval_checkpoint(
     return _record(
         cfg, method, checkpoint, float(meta.get("train_s", 0.0)), checkpoint.parent, results_dir, progress, t0, history,
         pre.partial_data,
+        meta.get("imported"),
     )  # fmt: skip
 
 

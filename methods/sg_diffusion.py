@@ -106,6 +106,8 @@ class SGDiffusionConfig:
     # activation checkpointing of the UNet blocks (recompute in backward: memory for time; exact).
     # None: on at >= 128 px (the ADM-128/256 configurations), off below.
     activation_checkpointing: bool | None = None
+    # openai improved-/guided-diffusion UNet weights to start from ("" = none; benchmark/imports.py converts them)
+    init_from: str = ""
 
 
 def _micro_batches(batch: SceneGraphBatch, k: int) -> list[SceneGraphBatch]:
@@ -451,12 +453,24 @@ class SGDiffusion(Method):
         for m in (self.net, self.ema):
             m.cond.obj_embed.materialize()
             m.cond.pred_embed.materialize()
+        if self.cfg.init_from:  # released UNet weights as the starting point (fresh runs only, not on resume)
+            from benchmark.imports import load_openai_unet
+
+            load_openai_unet(self.cfg.init_from, self.net.unet)
+            self.ema.load_state_dict(self.net.state_dict())
 
     def weight_provenance(self) -> list[WeightProvenance]:
         out: list[WeightProvenance] = []
         for p in self.ema.cond.obj_embed.provenance() + self.ema.cond.pred_embed.provenance():
             if p not in out:
                 out.append(p)
+        if self.cfg.init_from:
+            from pathlib import Path
+
+            from benchmark.io import sha256_file
+
+            src = Path(self.cfg.init_from)
+            out.append(WeightProvenance("unet_init", f"file:{src.name}", sha256_file(src) if src.is_file() else None))
         return out
 
     def _known_layout(self, batch: SceneGraphBatch) -> Tensor:

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from benchmark.env import environment as current_environment
 from benchmark.io import atomic_write_json, new_run_id, parse_utc, read_json, utc_now
@@ -218,11 +218,12 @@ class Versioned(TypedDict):
 
 
 class CheckpointRef(TypedDict):
-    """``{"path": ..., "sha256": ...}`` of the evaluated checkpoint (a plain dict in the record)."""
+    """``{"path": ..., "sha256": ..., "tensors_sha256": ...}`` of the evaluated checkpoint (a plain dict in the record)."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     path: Annotated[str, Field(min_length=1)]
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+    tensors_sha256: NotRequired[Annotated[str, Field(pattern=SHA256_PATTERN)]]  # the tensors' digest (format 2)
 
 
 def _jsonable(v: Any) -> Any:
@@ -263,6 +264,8 @@ class RunResult(Record):
     train_history: list[dict[str, float]] | None = None  # training losses, <= MAX_HISTORY points
     # {split: [samples found, samples the protocol has]} when run with --allow-partial-data; never ranked
     partial_data: dict[str, list[int]] | None = None
+    # {kind, source, source_sha256, ...} when the weights were converted from a release (benchmark/imports.py)
+    imported: dict[str, Any] | None = None
     family: str = ""  # the method's family (``registry.family``: a preset's family, else the method); "" in old files
 
     @model_validator(mode="before")
