@@ -26,6 +26,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -111,6 +113,31 @@ def _find_checkpoint(d: Path) -> Path | None:
     found = sorted(p for ext in ("*.safetensors", "*.bin", "*.pth") for p in d.glob(ext))
     found.sort(key=lambda p: p.suffix == ".safetensors", reverse=True)
     return found[0] if found else None
+
+
+def _hub_reachable() -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the Hub's host does not resolve: then only the cache is read,
+    instead of huggingface_hub retrying each download for half a minute before failing."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
+        return False
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _cached_hub_file(hf_hub: str) -> Path | None:
+    """The cached file of open_clip's ``org/model/[file]`` Hub entry (its default files when none is named)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = os.path.split(hf_hub)
+    for name in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 def _looks_like_path(s: str) -> bool:
@@ -206,6 +233,14 @@ class ClipEncoder(TextEncoder):
                 f"clip: open_clip has no pretrained tag {tag!r} for {model!r} "
                 f"(known: {open_clip.list_pretrained_tags_by_model(model)}). {HELP}"
             )
+        if cfg.get("hf_hub") and not _hub_reachable():  # offline: the cache only, no download retries
+            path = _cached_hub_file(cfg["hf_hub"])
+            if path is None:
+                raise WeightsUnavailable(
+                    f"clip: the {model} weights for open_clip tag {tag!r} are not in the local Hugging Face cache "
+                    f"({cfg['hf_hub']}) and the Hub cannot be reached (offline). {HELP}"
+                )
+            return path, bool(cfg.get("quick_gelu", False))
         try:
             path = open_clip.download_pretrained(cfg)
         except Exception as e:  # offline: RuntimeError/OSError/LocalEntryNotFoundError

@@ -232,3 +232,24 @@ def test_data2vec_random_and_local_dir(tmp_path) -> None:
     assert prov.random_init is False and prov.sha256 == sha256_file(d / "model.safetensors")
     t, p = embedding_table("data2vec", phrases, str(d))
     assert p == prov and torch.allclose(t, x, atol=1e-6)
+
+
+def test_clip_tag_offline_reads_the_hub_cache_and_never_downloads(tmp_path, monkeypatch):
+    """Offline, the open_clip tag resolves from huggingface_hub's cache layout, and a missing file fails at
+    once (no download attempt, so none of huggingface_hub's retries)."""
+    import open_clip
+
+    from benchmark.text_encoders.clip import ClipEncoder
+
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("download attempted offline"))
+    with pytest.raises(WeightsUnavailable, match="cannot be reached"):
+        ClipEncoder._download("ViT-B-32", "openai")
+    repo_id = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].strip("/")
+    repo = tmp_path / "hf" / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / "0123abc"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    (snap / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    path, quick_gelu = ClipEncoder._download("ViT-B-32", "openai")
+    assert path == snap / "open_clip_pytorch_model.bin" and quick_gelu is True
