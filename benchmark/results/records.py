@@ -266,7 +266,8 @@ class RunResult(Record):
     partial_data: dict[str, list[int]] | None = None
     # {kind, source, source_sha256, ...} when the weights were converted from a release (benchmark/imports.py)
     imported: dict[str, Any] | None = None
-    family: str = ""  # the method's family (``registry.family``: a preset's family, else the method); "" in old files
+    # the method's family (``registry.family``: a preset's family, else the method); "" in old files
+    family: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
 
     @model_validator(mode="before")
     @classmethod
