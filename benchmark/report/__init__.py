@@ -197,7 +197,7 @@ class _Builder:
         rows = load_reported(path)
         self.add(
             Para(
-                f"Transcribed from the literature notes into {show(path)}. These numbers were NOT produced by this suite: "
+                f"Transcribed into {show(path)} from the papers and repositories named in each row. These numbers were NOT produced by this suite: "
                 "protocols, sample counts and metric implementations differ between papers (see each row), so they are "
                 "listed apart and never ranked together with the reproduced results above. ⚠ marks numbers that the notes "
                 "flag as unverified (recalled [R], or tables still to be checked against the paper).",
