@@ -128,7 +128,10 @@ def read_torch_pickle(path: str | Path) -> Any:
 
     ``torch.load(weights_only=True)`` first; files it cannot express (sg2im's loss logs are ``defaultdict(list)``
     with items, which its unpickler refuses) are read with :class:`_AllowListUnpickler` (the same allow-list,
-    hand-written because torch's restricted unpickler has no hook for one more container type).
+    hand-written because torch's restricted unpickler only SETITEMs into dict, OrderedDict and Counter, even with
+    ``torch.serialization.safe_globals([defaultdict])``). That second ``torch.load`` passes
+    ``weights_only=False`` only to accept the allow-list ``pickle_module``; :func:`scan_globals` has already
+    refused any other global before anything is unpickled.
     """
     path = Path(path)
     if not path.is_file():
