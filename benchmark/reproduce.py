@@ -22,7 +22,7 @@ from benchmark.checkpoint import CheckpointError, config_from_dict, read_metadat
 from benchmark.config import EvalConfig, RunConfig, TrainConfig
 from benchmark.env import environment, git_state
 from benchmark.protocol import load_protocol
-from benchmark.results import RunResult, load_result
+from benchmark.results import RunResult, align, load_result
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,8 @@ def compare(rec: RunResult, new: RunResult) -> list[Row]:
 
 def format_rows(rows: list[Row]) -> str:
     header = ("", "recorded", "reproduced", "verdict", "rel. diff")
-    table = [header] + [(r.what, r.recorded, r.reproduced, r.verdict, r.rel_diff) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table)
+    body = [(r.what, r.recorded, r.reproduced, r.verdict, r.rel_diff) for r in rows]
+    return align(header, body, (False,) * len(header))
 
 
 def reproduce(
