@@ -111,6 +111,20 @@ class Method(nn.Module, abc.ABC):
     def setup(self, train_set: SceneGraphDataset) -> None:
         """Called once before training with the training split (e.g. to build an index)."""
 
+    def stage_plan(self, train_steps: int) -> list[tuple[str, int]]:
+        """The training stages as ``(name, steps)``, run in order with one global step counter.
+
+        ``train_steps`` is ``train.steps``; the default is one stage, ``[("train", train_steps)]``. A multi-stage
+        method (e.g. ``sgdiff``: autoencoder -> graph encoder -> latent diffusion) returns several; the trainer
+        calls :meth:`begin_stage` when each begins and records the stage in every checkpoint and result.
+        """
+        return [("train", train_steps)]
+
+    def begin_stage(self, name: str, resumed: bool = False) -> None:
+        """Called when stage ``name`` begins (before its first ``train_step``) and, with ``resumed=True``, when a
+        run resumes inside it: after the weights are loaded, before the optimizer state is, so the stage's
+        optimizers must exist (and match the saved ones) when this returns. Default: nothing."""
+
     @abc.abstractmethod
     def train_step(self, batch: SceneGraphBatch, step: int) -> dict[str, float]:
         ...

@@ -49,6 +49,8 @@ def _record(
     if not distributed.is_main():
         return None, None  # type: ignore[return-value]  # under torchrun only rank 0 scores and writes
     weights = list(method.weight_provenance()) + metric_weights
+    ckpt_meta = read_metadata(checkpoint)
+    stages = ckpt_meta.get("stages")  # benchmark.train: the stage plan and the stage of the last step
     if imported:  # weights converted from a release (benchmark/imports.py)
         weights.append(WeightProvenance(f"{imported['kind']} release", f"imported:{imported.get('source', '')}",
                                         imported["source_sha256"]))  # fmt: skip
@@ -66,7 +68,7 @@ def _record(
         weights=weights,
         random_init=any(w.random_init for w in weights),
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint),
-                    **{k: v for k, v in read_metadata(checkpoint).items() if k == "tensors_sha256"}},
+                    **{k: v for k, v in ckpt_meta.items() if k == "tensors_sha256"}},
         # accel: the train.* GPU-path switches as resolved on this device (benchmark/accel.py)
         environment={**environment(), "world_size": distributed.world_size(),
                      "accel": accel.resolve(cfg.train, device).to_dict()},
@@ -75,6 +77,8 @@ def _record(
         family=registry.family(cfg.method),
         partial_data=partial_data,
         imported=imported,
+        stages=[{"name": str(n), "steps": int(k)} for n, k in stages] if stages is not None else None,
+        stage=ckpt_meta.get("stage"),
     )
     path = write_result(result, results_dir)
     rebuild_leaderboard(results_dir)  # the only rebuild of a run; the CLI prints this one (latest_leaderboard)

@@ -4,6 +4,13 @@ The loop never imports a specific method or dataset; it resolves names through t
 ``Method.train_step``. Data order is a pure function of (seed, step): epoch ``e`` visits the training set in
 ``torch.randperm`` order seeded by ``derive_seed(seed, "epoch", e)``, so a resumed run sees exactly the
 batches an uninterrupted run would.
+
+Stages: ``Method.stage_plan(train.steps)`` lists ``(name, steps)`` run in order under one global step counter
+(default: one stage ``("train", train.steps)``). ``Method.begin_stage(name)`` is called when a stage begins; a
+checkpoint is written at the end of every stage but the last, and every checkpoint records the plan, the stage
+of its last step and the steps done in it (``stages``, ``stage``, ``stage_step``), so a run killed in any stage
+resumes there: weights, then ``begin_stage(stage, resumed=True)`` (which re-creates that stage's optimizers),
+then their saved state.
 """
 
 from __future__ import annotations
@@ -103,7 +110,35 @@ class TrainOutcome:
     accel: dict[str, Any] = field(default_factory=dict)  # the effective GPU-path switches (accel.Accel)
 
 
-def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float) -> dict[str, Any]:
+Plan = list[tuple[str, int]]
+
+
+def check_plan(plan: Plan, method: str) -> Plan:
+    """``plan`` as a list of ``(str, int >= 0)`` pairs with unique names; a bad one stops naming the method."""
+    out = []
+    for entry in plan:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 0):  # fmt: skip
+            raise ValueError(f"method {method!r}: stage_plan entries must be (name, steps >= 0), got {entry!r}")
+        out.append((entry[0], int(entry[1])))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"method {method!r}: stage_plan needs at least one stage and unique names, got {names}")
+    return out
+
+
+def stage_at(plan: Plan, step: int) -> tuple[str, int]:
+    """The stage of the last of ``step`` completed steps and the steps done in it (``(first stage, 0)`` at 0)."""
+    end = 0
+    for name, n in plan:
+        if n and step <= end + n:
+            return name, step - end
+        end += n
+    return (plan[-1][0], plan[-1][1]) if plan else ("train", step)
+
+
+def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float, plan: Plan | None = None) -> dict[str, Any]:
+    stage, stage_step = stage_at(plan or [], step)
     return {
         "method": cfg.method,
         "method_cfg": asdict(cfg.method_cfg),
@@ -118,6 +153,9 @@ def _meta(cfg: RunConfig, info: DatasetInfo, step: int, train_s: float) -> dict[
         "split_sha256": info.split_sha256,
         "protocol_version": info.protocol_version,
         "step": step,
+        "stages": [[n, k] for n, k in plan or []],  # the method's stage plan: [name, steps] in order
+        "stage": stage,  # the stage of the last completed step
+        "stage_step": stage_step,  # steps done in that stage
         "train_s": train_s,
         "git_commit": environment().get("git_commit", "unknown"),
     }
@@ -150,6 +188,7 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     method: Method = method_cls(cfg.method_cfg, info).to(device)
     accel = accel_mod.resolve(cfg.train, device)
     accel_mod.prepare_method(method, accel)
+    plan = check_plan(method.stage_plan(cfg.train.steps), cfg.method) if method_cls.trainable else []
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / CHECKPOINT_NAME
@@ -172,8 +211,15 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
                 f"{ckpt}: field 'run_config' differs from this run's configuration; "
                 "use another --out folder or delete the checkpoint to start afresh"
             )
+        saved_plan = meta.get("stages")
+        if saved_plan is not None and [tuple(x) for x in saved_plan] != [tuple(x) for x in plan]:
+            raise CheckpointError(
+                f"{ckpt}: field 'stages' is {saved_plan} but this run's stage plan is {[list(x) for x in plan]}; "
+                "use another --out folder"
+            )
         meta, state, extra = load_checkpoint(ckpt, device)
-        _restore(method, ckpt, state, extra)
+        resume_stage = stage_at(plan, int(meta["step"]))[0] if plan and int(meta["step"]) > 0 else None
+        _restore(method, ckpt, state, extra, resume_stage)
         rngs = extra.get("torch_rng_ranks") if world > 1 else None
         if isinstance(rngs, list) and len(rngs) == world:  # each rank resumes its own stream
             torch.set_rng_state(rngs[distributed.rank()].cpu())
@@ -211,10 +257,16 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
             extra["torch_rng_ranks"] = rng
             if cuda_rng is not None:
                 extra["cuda_rng_ranks"] = cuda_rng
-        meta = {**_meta(cfg, info, step, elapsed), "world_size": world}
+        meta = {**_meta(cfg, info, step, elapsed, plan), "world_size": world}
         save_checkpoint(ckpt, method.state_dict(), meta, extra)
 
-    steps = cfg.train.steps if method_cls.trainable else 0
+    steps = sum(n for _, n in plan)
+    starts, ends, acc = {}, set(), 0  # global step -> the stage that begins there; the steps that end a stage
+    for name, n in plan:
+        if n:
+            starts[acc] = name
+            ends.add(acc + n)
+        acc += n
     t0 = time.perf_counter()
     if start < steps:
         loader = DataLoader(
@@ -230,9 +282,14 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
         )
         scaler = torch.amp.GradScaler(device.type) if accel.grad_scaler else None
         method.train()
-        bar = tqdm(total=steps, initial=start, desc=f"train {cfg.method}/{cfg.dataset}",
+        desc = f"train {cfg.method}/{cfg.dataset}"
+        bar = tqdm(total=steps, initial=start, desc=desc if len(plan) < 2 else f"{desc} [{stage_at(plan, start + 1)[0]}]",
                    disable=not progress or not distributed.is_main())  # fmt: skip
         for step, batch in enumerate(loader, start=start):
+            if step in starts:
+                method.begin_stage(starts[step])
+                if len(plan) > 1:
+                    bar.set_description(f"{desc} [{starts[step]}]")
             batch = accel_mod.prepare_batch(batch, accel, device)
             with accel_mod.train_step_context(accel, scaler):
                 losses = method.train_step(batch, step)
@@ -249,7 +306,7 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
                 history.append({"step": done, **{k: float(v) for k, v in losses.items()}})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
             bar.update(1)
-            if done % cfg.train.checkpoint_every == 0 and done < steps:
+            if (done % cfg.train.checkpoint_every == 0 or done in ends) and done < steps:
                 save(done, prior_s + time.perf_counter() - t0)
         bar.close()
     train_s = prior_s + time.perf_counter() - t0
@@ -262,12 +319,20 @@ def train(cfg: RunConfig, run_dir: Path, progress: bool = True) -> TrainOutcome:
     return TrainOutcome(method, ckpt, train_s, steps, history, resumed_from=start, accel=accel.to_dict())
 
 
-def _restore(method: Method, ckpt: Path, state: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Load weights and optimizer states for a resume; a mismatch names the checkpoint and the field."""
+def _restore(
+    method: Method, ckpt: Path, state: dict[str, Any], extra: dict[str, Any], stage: str | None = None
+) -> None:
+    """Load weights and optimizer states for a resume; a mismatch names the checkpoint and the field.
+
+    ``stage``: the stage the checkpoint stopped in; ``begin_stage(stage, resumed=True)`` re-creates its optimizers
+    between the weights and their saved state.
+    """
     try:
         method.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt}: field 'model' does not fit method {type(method).__name__}: {str(e)[:300]}") from None
+    if stage is not None:
+        method.begin_stage(stage, resumed=True)
     opts = extra.get("optimizers", {})
     expected = set(method.optimizer_state())
     if not isinstance(opts, dict) or set(opts) != expected:

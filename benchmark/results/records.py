@@ -217,6 +217,14 @@ class Versioned(TypedDict):
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
 
 
+class Stage(TypedDict):
+    """One training stage of a method's plan (``Method.stage_plan``): ``{"name": ..., "steps": ...}``."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    steps: Annotated[int, Field(ge=0)]
+
+
 class CheckpointRef(TypedDict):
     """``{"path": ..., "sha256": ..., "tensors_sha256": ...}`` of the evaluated checkpoint (a plain dict in the record)."""
 
@@ -268,6 +276,10 @@ class RunResult(Record):
     imported: dict[str, Any] | None = None
     # the method's family (``registry.family``: a preset's family, else the method); "" in old files
     family: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
+    # the trainer's stage plan ([name, steps] in order) and the stage of the checkpoint's last step
+    # (benchmark.train); None in files written before stages were recorded
+    stages: list[Stage] | None = None
+    stage: str | None = None
 
     @model_validator(mode="before")
     @classmethod
