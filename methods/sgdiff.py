@@ -473,17 +473,17 @@ class SGDiff(Method):
         if self.autoencoder is not None:
             return self.autoencoder
         if self._vq is None:
-            if not self.cfg.first_stage_weights:
-                raise FileNotFoundError(
-                    "method.first_stage_weights: sgdiff at this tier needs the released VQ-f8 first stage "
-                    "(vq-f8-model.ckpt, latent-diffusion's vq-f8 model); give its path with "
-                    "--set method.first_stage_weights=PATH"
-                )
-            from methods.vq_f8 import load_vq_f8
+            from methods.vq_f8 import VQ_F8_URL, load_vq_f8
 
-            self._vq = load_vq_f8(self.cfg.first_stage_weights)
-            if isinstance(self._vq, nn.Module):
-                self._vq = self._vq.to(self.sqrt_abar.device).eval().requires_grad_(False)
+            if not self.cfg.first_stage_weights:
+                from benchmark.text_encoders.base import WeightsUnavailable
+
+                raise WeightsUnavailable(
+                    f"sgdiff: method.first_stage_weights is empty; this tier runs in the latent space of CompVis "
+                    f"latent-diffusion's VQ-f8 ({VQ_F8_URL}, unzip to model.ckpt): "
+                    "--set method.first_stage_weights=/path/to/model.ckpt"
+                )
+            self._vq = load_vq_f8(self.cfg.first_stage_weights, self.sqrt_abar.device, field="method.first_stage_weights")
         return self._vq
 
     def _clip_side(self) -> ClipImageSide:
@@ -493,9 +493,8 @@ class SGDiff(Method):
 
     def weight_provenance(self) -> list[WeightProvenance]:
         out: list[WeightProvenance] = []
-        if self.cfg.first_stage == "vq_f8" and self._vq is not None and hasattr(self._vq, "provenance"):
-            prov = self._vq.provenance
-            out += list(prov) if isinstance(prov, (list, tuple)) else [prov]
+        if self.cfg.first_stage == "vq_f8":
+            out.append(self._first_stage().provenance)
         if self.cfg.image_encoder == "clip":
             if self._clip is not None:
                 out.append(self._clip.prov)
@@ -624,11 +623,12 @@ class SGDiff(Method):
         self.ema.eval()
         self.encoder.eval()
         tokens, tmask = self.condition(batch, self.ema)
-        f = 2 ** self.cfg.ae_downsample if self.autoencoder is not None else 8
-        c = self.cfg.ae_latent_channels if self.autoencoder is not None else 4
-        size = self.info.image_size // f
+        if self.autoencoder is not None:
+            shape = (self.cfg.ae_latent_channels, *[self.info.image_size // 2**self.cfg.ae_downsample] * 2)
+        else:
+            shape = tuple(self._first_stage().latent_shape(self.info.image_size))
         dev = batch.objs.device
-        z = randn_tensor((n, c, size, size), generator=generator, device=dev, dtype=torch.float32)
+        z = randn_tensor((n, *shape), generator=generator, device=dev, dtype=torch.float32)
         sched = self.scheduler()
         for t in sched.timesteps:
             tt = torch.full((n,), float(int(t)), device=dev)

@@ -115,11 +115,47 @@ def test_cgip_with_the_clip_image_side_trains(shapes):
     assert any(w.random_init for w in m.weight_provenance())
 
 
-def test_the_full_tier_without_the_vq_f8_file_says_which_file(shapes):
+def test_the_full_tier_without_the_vq_f8_file_says_which_file(shapes, tmp_path):
+    from benchmark.text_encoders.base import WeightsUnavailable
+
     _, info = shapes
     cfg = replace(_smoke_cfg().method_cfg, first_stage="vq_f8", image_encoder="clip", clip_weights="random")
-    with pytest.raises(FileNotFoundError, match="method.first_stage_weights.*vq-f8"):
+    with pytest.raises(WeightsUnavailable, match="method.first_stage_weights.*vq-f8"):
         sgd.SGDiff(cfg, info).setup(None)  # type: ignore[arg-type]
+    with pytest.raises(WeightsUnavailable, match="first_stage_weights=/path/to/model.ckpt"):
+        sgd.SGDiff(replace(cfg, first_stage_weights=str(tmp_path / "model.ckpt")), info).setup(None)  # type: ignore[arg-type]
+
+
+def test_the_full_tier_runs_in_a_released_format_vq_file(shapes, tmp_path, monkeypatch):
+    """A random-init CompVis VQ checkpoint in the release's Lightning format (the vq_f8 tests' writer, at their
+    tiny architecture so that it is written in seconds) as the first stage: plan cgip -> ldm, latents, samples."""
+    import importlib.util
+    from functools import partial
+    from pathlib import Path
+
+    from methods import vq_f8
+
+    spec = importlib.util.spec_from_file_location("vq_f8_tests", Path(__file__).parent / "test_vq_f8.py")
+    vt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vt)  # type: ignore[union-attr]
+    path = tmp_path / "model.ckpt"
+    vt.write_release(path, vt.TINY, monkeypatch)
+    monkeypatch.setattr(vq_f8, "load_vq_f8", partial(vq_f8.load_vq_f8, cfg=vt.TINY))
+    ds, info = shapes
+    cfg = replace(_smoke_cfg().method_cfg, first_stage="vq_f8", image_encoder="clip", clip_weights="random",
+                  first_stage_weights=str(path))  # fmt: skip
+    m = sgd.SGDiff(cfg, info)
+    m.setup(None)  # type: ignore[arg-type]
+    assert [n for n, _ in m.stage_plan(5)] == ["cgip", "ldm"] and m.autoencoder is None
+    batch = collate([ds[i] for i in range(2)])
+    m.train().begin_stage("ldm")
+    assert math.isfinite(m.train_step(batch, 0)["loss"])
+    assert m.encode_latents(batch.images * 2 - 1).shape == (2, 4, 4, 4)
+    from benchmark.seeding import sample_generators
+
+    x = m.eval().sample(batch, sample_generators(0, "t", [0, 1], 0))
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+    assert any(w.name == "vq_f8" and w.sha256 for w in m.weight_provenance())
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
