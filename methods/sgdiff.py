@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark import accel
 from benchmark.batch import SceneGraphBatch
 from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset, WeightProvenance
 from benchmark.nn.graph import GraphTripleConv, GraphTripleConvNet
@@ -563,8 +564,8 @@ class SGDiff(Method):
         if self.stage == "autoencoder":
             assert self.autoencoder is not None
             rec = F.l1_loss(self.autoencoder.decode(self.autoencoder.encode(x)), x)
-            rec.backward()
-            self.opt.step()
+            accel.backward(rec)
+            accel.step(self.opt)
             return {"loss": float(rec.detach()), "ae_l1": float(rec.detach())}
         if self.stage == "cgip":
             k = step - (self.cfg.autoencoder_steps if self.autoencoder is not None else 0)
@@ -577,8 +578,8 @@ class SGDiff(Method):
             lc = clip_loss(F.normalize(img_global, dim=-1), F.normalize(glob, dim=-1), self.encoder.logit_scale.exp())
             lm = mim_loss(self.mim, masked_local, img_local, local, mask)
             loss = lc + lm
-            loss.backward()
-            self.opt.step()
+            accel.backward(loss)
+            accel.step(self.opt)
             with torch.no_grad():
                 self.encoder.logit_scale.clamp_(0, math.log(100))
             return {"loss": float(loss.detach()), "contrastive": float(lc.detach()), "mim": float(lm.detach())}
@@ -588,9 +589,9 @@ class SGDiff(Method):
         noise = torch.randn(z.shape, device=z.device, dtype=z.dtype)
         z_t = self.sqrt_abar[t].float().view(-1, 1, 1, 1) * z + self.sqrt_1m_abar[t].float().view(-1, 1, 1, 1) * noise
         tokens, tmask = self.condition(batch)
-        loss = ldm_loss(self.unet(z_t, t.float(), None, tokens, tmask), noise)
-        loss.backward()
-        self.opt.step()
+        loss = ldm_loss(self.unet(z_t, t.float(), None, tokens, tmask).float(), noise)
+        accel.backward(loss)
+        accel.step(self.opt)
         ema_update(self.ema, nn.ModuleDict({"unet": self.unet, "context_local": self.context_local}),
                    ema_decay(int(self.ema_updates), self.cfg.ema_decay))  # fmt: skip
         self.ema_updates += 1
@@ -632,6 +633,6 @@ class SGDiff(Method):
         sched = self.scheduler()
         for t in sched.timesteps:
             tt = torch.full((n,), float(int(t)), device=dev)
-            eps = self.ema["unet"](z, tt, None, tokens, tmask)
+            eps = self.ema["unet"](z, tt, None, tokens, tmask).float()
             z = sched.step(eps, t, z, eta=self.cfg.ddim_eta, generator=generator).prev_sample
         return ((self.decode_latents(z) + 1) / 2).clamp(0, 1).float()
