@@ -359,10 +359,11 @@ _SMOKE = {
     "method.ema_decay": 0.99,
     "method.sample_steps": 4,
 }
-# quick: measured on the shared 2-core machine (load ~10, OMP_NUM_THREADS=1, batch 32, 32 px shapes): autoencoder
-# 0.27 s/step, CGIP ~0.35 s/step (two frozen encoder passes + graph encoder + MIM block), LDM ~0.4 s/step (UNet
-# 1.2M parameters on 8 x 8 x 4 latents: forward+backward 0.29 s), DDIM sampling 0.1 s per step per 32 images.
-# 300 + 200 + 1,200 steps ~ 90 + 70 + 480 s there, about 5 minutes on 2 cores alone; 512 samples x 50 steps ~ 80 s.
+# quick: measured on the shared 2-core machine (OMP_NUM_THREADS=1, other jobs running: load average 5-6; batch 32,
+# 32 px shapes; /tmp timing scripts over 20-300 steps): autoencoder 0.17 s/step (L1 0.12 -> 0.067 over 300 steps),
+# CGIP 0.17 s/step (contrastive 3.48 = ln 32 -> 3.08 after 60 steps), LDM 0.33 s/step (UNet 1.2M parameters on
+# 8 x 8 x 4 latents), DDIM sampling 8.4 s per 64 images x 50 steps. 300 + 200 + 1,200 steps ~ 51 + 34 + 400 s
+# there (~8 minutes; about 5 on 2 free cores), and 512 samples ~ 70 s.
 _QUICK = {
     **_CPU,
     "method.embed_dim": 64,
