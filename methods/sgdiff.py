@@ -64,6 +64,12 @@ Deviations, each with its reason:
   attended to as zero vectors (so the samples do not depend on ``max_triples`` padding). ResBlocks use
   ``use_scale_shift_norm=False`` as LDM's default.
 - One global batch size (``train.batch_size``) for all stages (released: 64 per GPU for CGIP, 16 for the LDM).
+- CPU tiers only (budget, not method): narrower encoder/UNet, learning rate 1e-3 for the LDM, EMA 0.999,
+  50 DDIM steps, a short warm-up; CGIP's global vector has the autoencoder feature width (``graph_projection``
+  maps to the image side's global width, 512 = ``embed_dim`` with CLIP as released), and so has the LDM's
+  token width (released ``context_dim`` 512 = the global vector's width).
+- ``train.steps`` is the LDM stage's length (as for every other generator); the first stages' lengths are
+  ``method.autoencoder_steps`` and ``method.cgip_steps``.
 """
 
 from __future__ import annotations
