@@ -496,7 +496,14 @@ class SGDiff(Method):
 
     def _clip_side(self) -> ClipImageSide:
         if self._clip is None:
-            self._clip = ClipImageSide(self.cfg.clip_weights, self.sqrt_abar.device)
+            side = ClipImageSide(self.cfg.clip_weights, self.sqrt_abar.device)
+            want = (self.mim.attn1.to_q.in_features, self.encoder.graph_projection.out_features)
+            if (side.local_dim, side.global_dim) != want:
+                raise ValueError(
+                    f"method.clip_weights={self.cfg.clip_weights!r}: its visual tower gives {side.local_dim}-d tokens "
+                    f"and a {side.global_dim}-d global vector; sgdiff is built for ViT-B/32's {want[0]} and {want[1]}"
+                )
+            self._clip = side
         return self._clip
 
     def weight_provenance(self) -> list[WeightProvenance]:
