@@ -411,7 +411,9 @@ class SGDiff(Method):
         if not 1 <= cfg.sample_steps <= cfg.diffusion_steps:
             raise ValueError(f"method.sample_steps must be in [1, {cfg.diffusion_steps}], got {cfg.sample_steps}")
         self.autoencoder = SmallAutoencoder(cfg) if cfg.first_stage == "autoencoder" else None
-        self._vq: Any = None
+        # The user's frozen VQ-f8, kept in a dict so that nn.Module does not register it: it is not in the suite's
+        # checkpoint (read from the user's file again when the checkpoint is loaded).
+        self._external: dict[str, Any] = {}
         self._clip: ClipImageSide | None = None
         if cfg.image_encoder == "autoencoder":
             assert self.autoencoder is not None
@@ -480,7 +482,7 @@ class SGDiff(Method):
     def _first_stage(self) -> Any:
         if self.autoencoder is not None:
             return self.autoencoder
-        if self._vq is None:
+        if "vq" not in self._external:
             from methods.vq_f8 import VQ_F8_URL, load_vq_f8
 
             if not self.cfg.first_stage_weights:
@@ -491,8 +493,10 @@ class SGDiff(Method):
                     f"latent-diffusion's VQ-f8 ({VQ_F8_URL}, unzip to model.ckpt): "
                     "--set method.first_stage_weights=/path/to/model.ckpt"
                 )
-            self._vq = load_vq_f8(self.cfg.first_stage_weights, self.sqrt_abar.device, field="method.first_stage_weights")
-        return self._vq
+            self._external["vq"] = load_vq_f8(
+                self.cfg.first_stage_weights, self.sqrt_abar.device, field="method.first_stage_weights"
+            )
+        return self._external["vq"]
 
     def _clip_side(self) -> ClipImageSide:
         if self._clip is None:

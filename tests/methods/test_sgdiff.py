@@ -156,6 +156,10 @@ def test_the_full_tier_runs_in_a_released_format_vq_file(shapes, tmp_path, monke
     x = m.eval().sample(batch, sample_generators(0, "t", [0, 1], 0))
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
     assert any(w.name == "vq_f8" and w.sha256 for w in m.weight_provenance())
+    assert not any("vq" in k or k.startswith("_") for k in m.state_dict())  # the user's file stays outside
+    again = sgd.SGDiff(cfg, info)
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(again.eval().sample(batch, sample_generators(0, "t", [0, 1], 0)), x)
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
