@@ -37,6 +37,12 @@ the image token; every other slot the padding object); sampling uses
 ``eps = eps_c + s (eps_c - eps_null)`` (the released ``classifier_free_scale`` s = 1.0) with the conditional
 variance, and DPM-Solver with 25 steps (``bash/quick_sample.bash``).
 
+**Tiers.** ``full`` = the released COCO-Stuff 128 px model (global batch 64); ``--set image_size=256`` gives
+the released 256 px widths, dropout and learning rate (its global batch was 32: ``--set train.batch_size=32``).
+Parameters with COCO-Stuff's 185 layout classes: 435,286,278 at 128 px and 568,586,758 at 256 px, equal to
+the released ``LayoutDiffusionUNetModel`` built from the two yaml files (5,050,880 of them in the fusion
+module and its projection). ``quick`` (0.91M + a 0.28M box predictor) and ``smoke`` are CPU-sized.
+
 **Predicted layout.** The published protocol draws the ground-truth boxes (``eval.layout="gt"``, the default in
 every tier). ``--set eval.layout=pred`` draws boxes from the graph: a ``GraphBoxPredictor`` (sg2im's GCN box
 head, ``benchmark/nn/layout_predictor.py``) trained beside the diffusion model with its own Adam and sg2im's box
@@ -58,6 +64,9 @@ Deviations from the released code, each with its reason:
 - the fusion transformer is ``torch.nn.TransformerEncoder`` (pre-LN, GELU, 4x MLP, no dropout): the same
   function family and parameter count as the released CLIP-style ``Transformer`` (its per-head q/k/v rows are
   interleaved differently, a permutation of the same weights);
+- ``smoke``/``quick`` only: ``eps_skip`` (EDM-style preconditioning of the eps output) as the suite's
+  ``*_ddpm`` quick tier, whose docstring measures why (colour casts at high noise on a CPU budget); the
+  comparison with those methods then differs in the conditioning, not in this trick. ``full`` is ADM's output;
 - fp32 with the trainer's autocast instead of the released fp16 model copies; class vocabulary = the dataset's
   (``__image__`` at its own index, ``__null__`` one extra row) instead of COCO's 185 fixed ids.
 """
@@ -68,6 +77,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,7 +95,8 @@ from benchmark.nn.layout_predictor import (
 )
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN
-from methods.diffusion import SAMPLERS, GaussianDiffusion, ema_decay, ema_update, sample_loop
+from methods.diffusion import SAMPLERS, GaussianDiffusion, cosine_betas, ema_decay, ema_update, sample_loop
+from methods.sg_diffusion import SIGMA_DATA
 from methods.unet import AttentionBlock, UNetModel, normalization
 
 # Released per-size settings (configs/COCO-stuff_{128x128,256x256}/LayoutDiffusion_large.yaml).
@@ -113,6 +124,7 @@ class LayoutDiffusionConfig:
     dropout: float | None = None  # None = released per size: 0.1 at 128 px, 0.0 at 256 px
     resblock_updown: bool = True
     activation_checkpointing: bool | None = None  # None: on at >= 128 px
+    eps_skip: bool = False  # CPU tiers only: EDM-style skip around the eps output (methods/sg_diffusion.py); off = ADM
     # diffusion, guidance, sampling
     diffusion_steps: int = 1000
     cond_drop_prob: float = 0.2  # classifier_free_dropout (whole batch)
@@ -274,13 +286,25 @@ class LayoutDiffusionUNet(nn.Module):
                 if isinstance(layer, AttentionBlock):
                     seq[i] = ObjectAwareCrossAttention(layer.qkv.in_channels, layer.num_heads, cfg.encoder_dim)
 
+        self.eps_skip = cfg.eps_skip
+        abar = torch.from_numpy(np.cumprod(1.0 - cosine_betas(cfg.diffusion_steps))).float()
+        self.register_buffer("alphas_cumprod", abar, persistent=False)
+
     def forward(self, x_t: Tensor, t: Tensor, tokens: LayoutTokens) -> Tensor:
-        return self.unet(x_t, t.float() * self.time_scale, tokens.content[:, 0], tokens, tokens.mask)
+        """x_t [B, 3, H, W], t [B] int64 -> [B, 6, H, W] (eps, v). With ``eps_skip`` the eps channels are
+        ``c_skip x_t + c_out F`` as ``SGDenoiser.forward`` (the linear MMSE estimate of eps plus a learned rest)."""
+        out = self.unet(x_t, t.float() * self.time_scale, tokens.content[:, 0], tokens, tokens.mask)
+        if not self.eps_skip:
+            return out
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(out.dtype)
+        s2 = ab * SIGMA_DATA**2 + 1 - ab
+        eps = (1 - ab).sqrt() / s2 * x_t.to(out.dtype) + (ab / s2).sqrt() * SIGMA_DATA * out[:, :3]
+        return torch.cat([eps, out[:, 3:]], dim=1)
 
 
 @register("method", "layoutdiffusion")
 class LayoutDiffusion(Method):
-    """LayoutDiffusion (Zheng et al., CVPR 2023) on ground-truth or predicted boxes (module docstring)."""
+    """LayoutDiffusion (Zheng et al., CVPR 2023): ADM diffusion with a layout transformer and object-aware attention."""
 
     Config = LayoutDiffusionConfig
     tier_overrides = {
@@ -291,7 +315,7 @@ class LayoutDiffusion(Method):
             "method.model_channels": 16, "method.channel_mult": (1, 2), "method.num_res_blocks": 1,
             "method.attention_resolutions": (16,), "method.num_head_channels": 16, "method.dropout": 0.0,
             "method.resblock_updown": False, "method.sample_steps": 4, "method.learning_rate": 1e-3,
-            "method.ema_decay": 0.99, "method.box_embed_dim": 16, "method.box_gconv_dim": 16,
+            "method.ema_decay": 0.99, "method.eps_skip": True, "method.box_embed_dim": 16, "method.box_gconv_dim": 16,
             "method.box_hidden_dim": 32, "method.box_layers": 2, "method.box_learning_rate": 1e-3,
         },
         # quick: 32 px shapes on 2 CPU cores, ~4-5 min of training + ~4 min sampling 512 images. Measured on the
@@ -305,7 +329,7 @@ class LayoutDiffusion(Method):
             "method.model_channels": 16, "method.channel_mult": (1, 2, 4), "method.num_res_blocks": 1,
             "method.attention_resolutions": (16, 8), "method.num_head_channels": 16, "method.dropout": 0.0,
             "method.resblock_updown": False, "method.learning_rate": 1e-3, "method.ema_decay": 0.999,
-            "method.grad_clip": 1.0, "method.box_embed_dim": 64, "method.box_gconv_dim": 64,
+            "method.grad_clip": 1.0, "method.eps_skip": True, "method.box_embed_dim": 64, "method.box_gconv_dim": 64,
             "method.box_hidden_dim": 128, "method.box_layers": 3, "method.box_learning_rate": 1e-3,
         },
         # full: the released 128 px configuration (global batch 8 GPUs x 8); 256 px with --set image_size=256.
