@@ -329,3 +329,24 @@ def test_lostgan_protocol_on_the_coco_stuff_fixture_runs_and_is_recorded(tmp_pat
     assert again.config["protocol"] == "lostgan"
     assert [e.split for e in again.evaluations] == ["test_lostgan"]
     assert all(e.layout == "gt" for e in again.evaluations)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(shapes):
+    """The full tier recomputes the UNet blocks in the backward pass; the layout tokens (a dataclass argument)
+    must still receive their gradients."""
+    ds, info = shapes
+    batch = collate([ds[i] for i in range(2)])
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = LayoutDiffusionUNet(_cfg(activation_checkpointing=ckpt), len(info.vocab.object_idx_to_name) + 1, 32)
+        _perturb(net)
+        m = _method(info)
+        tokens = net.fusion(*m.layout_sequence(batch, batch.boxes))
+        out = net(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500]), tokens)
+        out.square().mean().backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert grads[0]["fusion.class_embed.weight"].abs().sum() > 0
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-4)
