@@ -52,9 +52,9 @@ without a ground-truth box (4D-OR ``has_layout`` False) take the predicted box i
 
 Deviations from the released code, each with its reason:
 
-- noise schedule: the suite's cosine schedule (``methods/diffusion.py``), not the released linear one: the
-  suite's diffusion and its diffusers samplers are written for the cosine schedule, and a second schedule
-  would change that shared module;
+- noise schedule: ``full`` uses the released linear schedule (``noise_schedule: linear``, ADM's
+  ``linspace(1e-4, 0.02)`` scaled by 1000 / T); ``smoke``/``quick`` keep the suite's cosine schedule, as the
+  ``*_ddpm`` CPU tiers, so that the quick-tier comparison differs only in the conditioning;
 - sampler: diffusers' multistep DPM-Solver++ (order 2) with 25 steps, not the released DPM-Solver v1 "fast"
   (singlestep, order 3) of ``repositories/dpm_solver``: it is the suite's one DPM-Solver;
 - images with more objects than ``layout_length - 1`` get longer sequences (the released data loader drops
@@ -95,7 +95,7 @@ from benchmark.nn.layout_predictor import (
 )
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN
-from methods.diffusion import SAMPLERS, GaussianDiffusion, cosine_betas, ema_decay, ema_update, sample_loop
+from methods.diffusion import SAMPLERS, GaussianDiffusion, ema_decay, ema_update, named_betas, sample_loop
 from methods.sg_diffusion import SIGMA_DATA
 from methods.unet import AttentionBlock, UNetModel, normalization
 
@@ -127,6 +127,7 @@ class LayoutDiffusionConfig:
     eps_skip: bool = False  # CPU tiers only: EDM-style skip around the eps output (methods/sg_diffusion.py); off = ADM
     # diffusion, guidance, sampling
     diffusion_steps: int = 1000
+    noise_schedule: str = "linear"  # released: linear (methods/diffusion.py named_betas); CPU tiers: cosine
     cond_drop_prob: float = 0.2  # classifier_free_dropout (whole batch)
     guidance_scale: float = 1.0  # released classifier_free_scale s: eps_c + s (eps_c - eps_null); 0 = none
     sampler: str = "dpmsolver++"
@@ -287,7 +288,7 @@ class LayoutDiffusionUNet(nn.Module):
                     seq[i] = ObjectAwareCrossAttention(layer.qkv.in_channels, layer.num_heads, cfg.encoder_dim)
 
         self.eps_skip = cfg.eps_skip
-        abar = torch.from_numpy(np.cumprod(1.0 - cosine_betas(cfg.diffusion_steps))).float()
+        abar = torch.from_numpy(np.cumprod(1.0 - named_betas(cfg.noise_schedule, cfg.diffusion_steps))).float()
         self.register_buffer("alphas_cumprod", abar, persistent=False)
 
     def forward(self, x_t: Tensor, t: Tensor, tokens: LayoutTokens) -> Tensor:
@@ -315,7 +316,7 @@ class LayoutDiffusion(Method):
             "method.model_channels": 16, "method.channel_mult": (1, 2), "method.num_res_blocks": 1,
             "method.attention_resolutions": (16,), "method.num_head_channels": 16, "method.dropout": 0.0,
             "method.resblock_updown": False, "method.sample_steps": 4, "method.learning_rate": 1e-3,
-            "method.ema_decay": 0.99, "method.eps_skip": True, "method.box_embed_dim": 16, "method.box_gconv_dim": 16,
+            "method.ema_decay": 0.99, "method.eps_skip": True, "method.noise_schedule": "cosine", "method.box_embed_dim": 16, "method.box_gconv_dim": 16,
             "method.box_hidden_dim": 32, "method.box_layers": 2, "method.box_learning_rate": 1e-3,
         },
         # quick: 32 px shapes on 2 CPU cores, ~4-5 min of training + ~4 min sampling 512 images. Measured on the
@@ -329,7 +330,7 @@ class LayoutDiffusion(Method):
             "method.model_channels": 16, "method.channel_mult": (1, 2, 4), "method.num_res_blocks": 1,
             "method.attention_resolutions": (16, 8), "method.num_head_channels": 16, "method.dropout": 0.0,
             "method.resblock_updown": False, "method.learning_rate": 1e-3, "method.ema_decay": 0.999,
-            "method.grad_clip": 1.0, "method.eps_skip": True, "method.box_embed_dim": 64, "method.box_gconv_dim": 64,
+            "method.grad_clip": 1.0, "method.eps_skip": True, "method.noise_schedule": "cosine", "method.box_embed_dim": 64, "method.box_gconv_dim": 64,
             "method.box_hidden_dim": 128, "method.box_layers": 3, "method.box_learning_rate": 1e-3,
         },
         # full: the released 128 px configuration (global batch 8 GPUs x 8); 256 px with --set image_size=256.
@@ -351,7 +352,7 @@ class LayoutDiffusion(Method):
         self.net = LayoutDiffusionUNet(cfg, len(names) + 1, info.image_size)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        self.diffusion = GaussianDiffusion(cfg.diffusion_steps)
+        self.diffusion = GaussianDiffusion(cfg.diffusion_steps, cfg.noise_schedule)
         lr = _released(info.image_size, "learning_rate") if cfg.learning_rate is None else cfg.learning_rate
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.box_net: GraphBoxPredictor | None = None
@@ -518,7 +519,7 @@ class LayoutDiffusion(Method):
         size = self.info.image_size
         x = sample_loop(
             model_fn, (3, size, size), generator, cfg.sampler, cfg.sample_steps, cfg.diffusion_steps,
-            device=batch.objs.device, eta=cfg.ddim_eta,
+            device=batch.objs.device, eta=cfg.ddim_eta, schedule=cfg.noise_schedule,
         )  # fmt: skip
         return ((x + 1) / 2).clamp(0, 1).float()
 
