@@ -148,13 +148,19 @@ def _fmt_value(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def run_changes(r: RunResult) -> dict[str, Any]:
+    """The run's flattened config fields that differ from its tier's defaults: the recorded
+    ``config_changes``, else computed now (empty when the defaults cannot be resolved here)."""
+    if r.config_changes is not None:
+        return r.config_changes
+    return config_changes(r.config, r.method, r.dataset, r.tier, str(r.config.get("protocol", ""))) or {}
+
+
 def variant_of(r: RunResult) -> tuple[str, bool]:
     """(label, off-protocol) of a run: ``key=value`` for each config field that differs from the tier's
-    defaults (``method_cfg.`` shown as ``method.``; the recorded ``config_changes``, else computed now), and
-    whether a :data:`BUDGET_KEYS` field is among them."""
-    changes = r.config_changes
-    if changes is None:
-        changes = config_changes(r.config, r.method, r.dataset, r.tier, str(r.config.get("protocol", ""))) or {}
+    defaults (``method_cfg.`` shown as ``method.``; :func:`run_changes`), and whether a :data:`BUDGET_KEYS`
+    field is among them."""
+    changes = run_changes(r)
     differ = [k for k in sorted(changes) if k not in LABEL_IGNORED]
     label = ", ".join(f"{k.replace('method_cfg.', 'method.', 1)}={_fmt_value(changes[k])}" for k in differ)
     return label, any(k in BUDGET_KEYS for k in differ)
