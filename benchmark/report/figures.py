@@ -248,16 +248,18 @@ def training_curves(
     return _finish(fig, title)
 
 
-def _split_metric_grid(splits: Sequence[str], metrics: Sequence[str], rows: int) -> tuple[Figure, Any]:
-    """A row of panels per split, a column per metric, the y axis (one row label per bar) shared."""
+def _split_metric_grid(splits: Sequence[str], metrics: Sequence[str], labels: Sequence[str]) -> tuple[Figure, Any]:
+    """A row of panels per metric, a column per split, the y axis (one row label per bar) shared; sized so that
+    the figure keeps to about the report's width (~1,000 px) and its text stays legible there."""
+    label_in = 0.3 + 0.062 * max(len(label) for label in labels)
     fig, axes = plt.subplots(
-        len(splits),
         len(metrics),
-        figsize=(2.4 + 2.9 * len(metrics), len(splits) * (0.9 + 0.32 * rows)),
+        len(splits),
+        figsize=(label_in + 3.3 * len(splits), len(metrics) * (0.85 + 0.27 * len(labels))),
         squeeze=False,
         sharey=True,
     )
-    return fig, axes
+    return fig, [[axes[i][j] for i in range(len(metrics))] for j in range(len(splits))]
 
 
 def layout_drop_plot(drops: Sequence[LayoutDrop], metrics: Sequence[str], title: str) -> Figure | None:
@@ -269,7 +271,7 @@ def layout_drop_plot(drops: Sequence[LayoutDrop], metrics: Sequence[str], title:
         return None
     splits = sorted({d.split for d in drops})
     labels = list(dict.fromkeys(d.label for d in sorted(drops, key=lambda d: (d.only != "", d.label))))
-    fig, axes = _split_metric_grid(splits, metrics, len(labels))
+    fig, axes = _split_metric_grid(splits, metrics, labels)
     worse_c, better_c = "#c44e52", "#55a868"
     for i, split in enumerate(splits):
         for j, metric in enumerate(metrics):
@@ -291,16 +293,16 @@ def layout_drop_plot(drops: Sequence[LayoutDrop], metrics: Sequence[str], title:
                             fontsize=7)  # fmt: skip
             ax.axvline(0, color="black", linewidth=0.8)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
-            ax.set_ylim(len(labels) - 0.5, -0.7)
+            ax.set_ylim(len(labels) - 0.5, -0.95)
             ax.set_title(f"{split} · {metric}", fontsize=9)
             hib = next(d.higher_is_better for d in drops if d.metric == metric)
             ax.set_xlabel(f"pred − gt ({'< 0' if hib else '> 0'} is worse)", fontsize=8)
             ax.margins(x=0.3)
             ax.grid(axis="x", alpha=0.3)
     handles = [Patch(color=worse_c, label="worse with predicted layout"), Patch(color=better_c, label="better")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
     return fig
 
 
@@ -319,7 +321,7 @@ def generator_grid_plot(cells: Sequence[Cell], metrics: Sequence[str], title: st
     families = {c.label: c.family for c in cells}
     kinds = sorted({c.guidance for c in cells}, key=lambda k: GUIDANCE_KINDS.index(k) if k in GUIDANCE_KINDS else 9)
     colors = {k: COLORS[i % len(COLORS)] for i, k in enumerate(kinds)}
-    fig, axes = _split_metric_grid(splits, metrics, len(labels))
+    fig, axes = _split_metric_grid(splits, metrics, labels)
     for i, split in enumerate(splits):
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
@@ -344,7 +346,7 @@ def generator_grid_plot(cells: Sequence[Cell], metrics: Sequence[str], title: st
             ax.margins(x=0.45)
             ax.grid(axis="x", alpha=0.3)
     handles = [Patch(color=colors[k], label=f"guidance: {k}") for k in kinds]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 0))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
     return fig
