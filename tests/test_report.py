@@ -596,3 +596,19 @@ def test_report_has_the_layout_drop_and_guidance_figures(tmp_path: Path) -> None
     grid = next(line for line in md.splitlines() if line.startswith("*Text encoder × generator"))
     assert "n = 1–3 seeds per bar" in grid and "2 other row(s)" in grid  # sample_steps=5, guidance_scale=2
     assert "| lostgan_v2 | test | fid ↓ | 22 ± 2 (n=3) | 34 ± 3.6 (n=3) | 12 ± 1.7 (n=3) |" in md
+
+
+def test_a_result_from_an_unfinished_stage_is_its_own_unranked_row() -> None:
+    """A checkpoint of a multi-stage method evaluated before its last stage (``stage`` recorded by the trainer,
+    branch sgdiff) is never averaged or ranked with the finished runs of the same config."""
+    if "stage" not in RunResult.model_fields:
+        pytest.skip("the result schema records no training stage here")
+    plan = [{"name": "cgip", "steps": 5}, {"name": "ldm", "steps": 5}]
+    runs = [scored("sgdiff", s, "pred", 70.0 + s, 0.5, "sgdiff") for s in range(2)]
+    runs = [RunResult.parse({**r.to_json(), "stages": plan, "stage": "ldm"}) for r in runs]
+    early = RunResult.parse({**scored("sgdiff", 0, "pred", 300.0, 0.1, "sgdiff").to_json(), "stages": plan,
+                             "stage": "cgip"})  # fmt: skip
+    groups = group_runs([*runs, early])
+    assert sorted((g.variant, g.flags, g.metrics["fid"].mean) for g in groups) == [
+        ("", (), 70.5), ("stage=cgip", ("off-protocol",), 300.0)
+    ]

@@ -350,16 +350,17 @@ class _Builder:
             g0 = part[0].group
             metrics = [*primary_metrics(dataset, g0.protocol_variant), "box_recall@0.5"]
             metrics = [m for m in dict.fromkeys(metrics) if any(m in c.group.metrics for c in part)]
-            rows = [
-                [c.family, c.layout, c.encoder, c.guidance_label, c.group.split, " ".join(map(str, c.group.seeds)),
-                 *(fmt_mean_std(st.mean, st.std) if (st := c.group.metrics.get(m)) else "" for m in metrics)]
-                for c in part
-            ]  # fmt: skip
             context = f"{dataset} / {tier} / {size} px"
-            self.add(
-                Table(["generator", "layout", "text encoder", "guidance", "split", "seeds", *metrics], rows, context,
-                      numeric=[False] * 6 + [True] * len(metrics))
-            )  # fmt: skip
+            for split in sorted({c.group.split for c in part}):
+                rows = [
+                    [c.family, c.layout, c.encoder, c.guidance_label, " ".join(map(str, c.group.seeds)),
+                     *(fmt_mean_std(st.mean, st.std) if (st := c.group.metrics.get(m)) else "" for m in metrics)]
+                    for c in part if c.group.split == split
+                ]  # fmt: skip
+                self.add(
+                    Table(["generator", "layout", "text encoder", "guidance", "seeds", *metrics], rows,
+                          f"{context} / {split}", numeric=[False] * 5 + [True] * len(metrics))
+                )  # fmt: skip
             ns = sorted({c.group.metrics[m].n for c in part for m in metrics if m in c.group.metrics})
             n_text = f"n = {ns[0]} seed(s) per bar" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds per bar (in each bar's label)"
             skipped = [g for g in left if (g.dataset, g.tier, g.image_size) == (dataset, tier, size)]
