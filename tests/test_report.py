@@ -529,6 +529,9 @@ def guided_runs() -> list[RunResult]:
         runs.append(scored("lostgan_v2", s, "gt", 40 + s, 0.8, "lostgan_v2"))
     runs.append(scored("minilm_ddpm", 0, "pred", 1.0, 0.9, "ddpm", {"method_cfg.sample_steps": 5},
                        text_encoder="minilm", sample_steps=5))  # fmt: skip
+    until = {**g, "method_cfg.guidance_until": 0.5}  # the box weight is the method's default (1) here
+    runs.append(scored("minilm_ddpm", 0, "pred", 2.0, 0.9, "ddpm", until, text_encoder="minilm", guidance="scenegenie",
+                       guidance_box_weight=1.0, guidance_until=0.5))  # fmt: skip
     return runs
 
 
@@ -571,16 +574,17 @@ def test_encoder_generator_guidance_grid_and_plot() -> None:
     assert list(test) == [
         "ddpm · pred layout · learned", "ddpm · pred layout · minilm",
         "ddpm · pred layout · minilm, guided: none (weights 0)", "ddpm · pred layout · minilm, guided: box w=1",
-        "ddpm · pred layout · minilm, guided: clip w=50", "ddpm · pred layout · minilm, guided: box w=1, clip w=50",
-        "lostgan_v2 · gt layout · none", "sgdiff · pred layout · none",
+        "ddpm · pred layout · minilm, guided: box w=1, until=0.5", "ddpm · pred layout · minilm, guided: clip w=50",
+        "ddpm · pred layout · minilm, guided: box w=1, clip w=50", "lostgan_v2 · gt layout · none", "sgdiff · pred layout · none",
     ]  # fmt: skip
-    assert [c.guidance for c in test.values()][1:6] == ["none", "none", "box", "clip", "box+clip"]
+    assert [c.guidance for c in test.values()][1:7] == ["none", "none", "box", "box", "clip", "box+clip"]
     fig = generator_grid_plot(cells, ["fid", "sg_consistency"], "grid")
     bars = plotted_bars(fig)
-    assert len(bars) == 8 * 2 + 5 * 2  # test: 8 cells x 2 metrics; test_unseen: the 5 minilm_ddpm cells
+    assert len(bars) == 9 * 2 + 5 * 2  # test: 9 cells x 2 metrics; test_unseen: the 5 minilm_ddpm cells
     assert bars["test · fid", "ddpm · pred layout · minilm, guided: box w=1"] == pytest.approx(91.0)  # mean of 90..92
     assert bars["test_unseen · fid", "ddpm · pred layout · minilm, guided: box w=1, clip w=50"] == pytest.approx(86.0)
     assert bars["test · sg_consistency", "lostgan_v2 · gt layout · none"] == pytest.approx(0.8)
+    assert bars["test · fid", "ddpm · pred layout · minilm, guided: box w=1, until=0.5"] == 2.0
     assert "0.8 (n=3)" in " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
 
 
@@ -612,3 +616,14 @@ def test_a_result_from_an_unfinished_stage_is_its_own_unranked_row() -> None:
     assert sorted((g.variant, g.flags, g.metrics["fid"].mean) for g in groups) == [
         ("", (), 70.5), ("stage=cgip", ("off-protocol",), 300.0)
     ]
+
+
+def test_grid_rows_alike_but_for_an_unshown_setting_get_their_config_id() -> None:
+    from benchmark.report.ablations import generator_grid
+
+    runs = [scored("minilm_ddpm", 0, "pred", 100.0, 0.5, "ddpm", text_encoder="minilm"),
+            scored("minilm_ddpm", 0, "pred", 90.0, 0.5, "ddpm", {"method_cfg.text_encoder_weights": "w2"},
+                   text_encoder="minilm", text_encoder_weights="w2")]  # fmt: skip
+    cells, _ = generator_grid(group_runs(runs))
+    assert len({c.label for c in cells}) == 2
+    assert all(c.label == f"ddpm · pred layout · minilm [cfg {c.group.config_id[:6]}]" for c in cells)

@@ -353,7 +353,8 @@ class _Builder:
             context = f"{dataset} / {tier} / {size} px"
             for split in sorted({c.group.split for c in part}):
                 rows = [
-                    [c.family, c.layout, c.encoder, c.guidance_label, " ".join(map(str, c.group.seeds)),
+                    [c.family, c.layout, c.encoder + (f" [cfg {c.tag}]" if c.tag else ""), c.guidance_label,
+                     " ".join(map(str, c.group.seeds)),
                      *(fmt_mean_std(st.mean, st.std) if (st := c.group.metrics.get(m)) else "" for m in metrics)]
                     for c in part if c.group.split == split
                 ]  # fmt: skip

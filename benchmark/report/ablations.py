@@ -12,8 +12,9 @@ axis compares the methods of one *generator family*, the family the run recorded
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmark import registry
@@ -268,6 +269,7 @@ def layout_drops(groups: Sequence[SeedGroup], metrics: Sequence[str]) -> list[La
 
 ENCODER_FIELDS = frozenset({"method", "method_cfg.text_encoder", "method_cfg.text_encoder_weights"})
 GUIDANCE_KINDS = ("none", "box", "clip", "box+clip")
+GUIDANCE_TERMS = frozenset({"method_cfg.guidance", "method_cfg.guidance_box_weight", "method_cfg.guidance_clip_weight"})
 
 
 def is_guidance_field(key: str) -> bool:
@@ -301,11 +303,12 @@ class Cell:
     guidance_label: str
     layout: str
     group: SeedGroup
+    tag: str = ""  # the config id, for rows otherwise alike (a setting the label does not show)
 
     @property
     def label(self) -> str:
         guided = "" if self.guidance_label == "none" else f", guided: {self.guidance_label}"
-        return f"{self.family} · {self.layout} layout · {self.encoder}{guided}"
+        return f"{self.family} · {self.layout} layout · {self.encoder}{guided}" + (f" [cfg {self.tag}]" if self.tag else "")
 
 
 def _kind_order(kind: str) -> int:
@@ -329,7 +332,13 @@ def generator_grid(groups: Sequence[SeedGroup]) -> tuple[list[Cell], list[SeedGr
             left.append(g)
             continue
         kind, label = guidance_of(g.config)
+        extra = [f"{k.removeprefix('method_cfg.guidance_')}={v}" for k, v in sorted(changes.items())
+                 if is_guidance_field(k) and k not in GUIDANCE_TERMS]  # e.g. cutouts=8, until=0.5
+        if extra and kind != "none":
+            label = ", ".join([label, *extra])
         encoder = str(g.config.get("method_cfg.text_encoder") or "none")
         cells.append(Cell(generator_family(g), encoder, kind, label, g.layout, g))
     cells.sort(key=lambda c: (c.group.split, c.family, c.layout, c.encoder, _kind_order(c.guidance), c.guidance_label))
+    alike = Counter((c.group.split, c.label) for c in cells)  # e.g. another text_encoder_weights: add the config id
+    cells = [replace(c, tag=c.group.config_id[:6]) if alike[c.group.split, c.label] > 1 else c for c in cells]
     return cells, left
