@@ -481,10 +481,18 @@ def test_layout_drop_is_mean_pred_minus_mean_gt_and_plotted() -> None:
     from benchmark.report.figures import layout_drop_plot
 
     metrics = ["fid", "sg_consistency"]
-    drops = layout_drops(group_runs(layout_runs()), metrics)
+    # lostgan_v2's checkpoints evaluated once more with boxes from another method's checkpoint (set at evaluation)
+    src = {"eval.layout": "pred", "method_cfg.layout_from": "runs/sg2im/checkpoint.safetensors"}
+    other = [scored("lostgan_v2", s, "pred", 50.0 + s, 0.4, "lostgan_v2", src, layout_from=src["method_cfg.layout_from"])
+             for s in range(3)]  # fmt: skip
+    drops = layout_drops(group_runs(layout_runs() + other), metrics)
     by = {(d.label, d.metric): d for d in drops}
     # variants evaluated with one layout are left out when the method has a pair (sg2im's guidance_scale row)
-    assert sorted({d.label for d in drops}) == ["layoutdiffusion", "lostgan_v2", "sg2im"]
+    assert sorted({d.label for d in drops}) == [
+        "layoutdiffusion", "lostgan_v2", "lostgan_v2 (layout_from=runs/sg2im/checkpoint.safetensors)", "sg2im"
+    ]
+    assert by["lostgan_v2 (layout_from=runs/sg2im/checkpoint.safetensors)", "fid"].drop == pytest.approx(51 - 22)
+    drops = [d for d in drops if "layout_from" not in d.label]
     lost = by["lostgan_v2", "fid"]
     assert lost.drop == pytest.approx((30 + 35 + 37) / 3 - (20 + 22 + 24) / 3)  # mean(pred) - mean(gt) = 12
     assert lost.drop_std == pytest.approx(3**0.5)  # per-seed differences 10, 13, 13: sample std sqrt(3)

@@ -226,40 +226,57 @@ def _seed_values(g: SeedGroup, metric: str) -> dict[int, float]:
     return out
 
 
+LAYOUT_ONLY = frozenset({"eval.layout", "method_cfg.layout_from"})  # settings that change only predicted boxes
+
+
+def _rest(g: SeedGroup, leave_out: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, json.dumps(v, default=str)) for k, v in g.config.items() if k not in leave_out))
+
+
 def layout_drops(groups: Sequence[SeedGroup], metrics: Sequence[str]) -> list[LayoutDrop]:
     """Every method's ground-truth -> predicted layout drop for ``metrics`` (see :class:`LayoutDrop`).
 
-    The gt and pred groups of a method pair when they agree on everything but ``eval.layout`` (dataset, tier,
-    split, size, protocol, flags, the rest of the config), as the ``eval_layout`` axis; a group with no partner
-    is listed as evaluated with one layout when it is the method's default configuration (no variant, no flag)
-    and the method has no pair on that split; other unpaired variants are left out (the ablation tables show
-    them). The label is the method, plus its variant when it has one.
+    A pred group pairs with the gt group that agrees with it on everything (dataset, tier, split, size,
+    protocol, flags, config) but ``eval.layout``, else on everything but the settings that only change the
+    predicted boxes (:data:`LAYOUT_ONLY`: ``method.layout_from`` given at evaluation) when one gt group does.
+    A group with no partner is listed as evaluated with one layout when it is the method's default
+    configuration (no variant, no flag) and the method has no pair on that split; other unpaired variants are
+    left out (the ablation tables show them). The label is the method, plus the pred side's variant.
     """
-    buckets: dict[tuple[Any, ...], dict[str, SeedGroup]] = {}
+    buckets: dict[tuple[Any, ...], list[SeedGroup]] = {}
     for g in groups:
-        rest = tuple(sorted((k, json.dumps(v, default=str)) for k, v in g.config.items() if k != "eval.layout"))
-        key = (g.dataset, g.tier, g.image_size, g.protocol_version, g.protocol_variant, g.split, g.method,
-               g.variant, g.flags, rest)  # fmt: skip
-        buckets.setdefault(key, {}).setdefault(g.layout, g)
+        key = (g.dataset, g.tier, g.image_size, g.protocol_version, g.protocol_variant, g.split, g.method, g.flags,
+               _rest(g, LAYOUT_ONLY))  # fmt: skip
+        buckets.setdefault(key, []).append(g)
     out = []
-    for (*_, split, method, variant, flags, _), by_layout in buckets.items():
-        label = method + (f" ({variant.replace('method.', '')})" if variant else "") + (" †" if flags else "")
-        gt, pred = by_layout.get("gt"), by_layout.get("pred")
-        for metric in metrics:
-            sides = [x if x is not None and x.metrics.get(metric, Stats(None, None, 0)).mean is not None else None
-                     for x in (gt, pred)]  # fmt: skip
-            if sides == [None, None]:
-                continue
-            g_st, p_st = (x.metrics[metric] if x is not None else None for x in sides)
-            higher = next(x.higher[metric] for x in sides if x is not None)
-            drop = drop_std = None
-            paired: tuple[int, ...] = ()
-            if g_st is not None and p_st is not None:
-                drop = p_st.mean - g_st.mean
-                gv, pv = _seed_values(sides[0], metric), _seed_values(sides[1], metric)
-                paired = tuple(sorted(set(gv) & set(pv)))
-                drop_std = Stats.of([pv[s] - gv[s] for s in paired]).std
-            out.append(LayoutDrop(label, method, variant, split, metric, higher, g_st, p_st, drop, drop_std, paired))
+    for same in buckets.values():
+        gts = [g for g in same if g.layout == "gt"]
+        pairs: list[tuple[SeedGroup | None, SeedGroup | None]] = []
+        for p in (g for g in same if g.layout == "pred"):
+            exact = [g for g in gts if _rest(g, frozenset({"eval.layout"})) == _rest(p, frozenset({"eval.layout"}))]
+            pairs.append((exact[0] if exact else gts[0] if len(gts) == 1 else None, p))
+        used = {id(gt) for gt, _ in pairs}
+        pairs += [(g, None) for g in gts if id(g) not in used]
+        for gt, pred in pairs:
+            side = pred or gt
+            variant = side.variant
+            label = side.method + (f" ({variant.replace('method.', '')})" if variant else "") + (" †" if side.flags else "")
+            for metric in metrics:
+                sides = [x if x is not None and x.metrics.get(metric, Stats(None, None, 0)).mean is not None else None
+                         for x in (gt, pred)]  # fmt: skip
+                if sides == [None, None]:
+                    continue
+                g_st, p_st = (x.metrics[metric] if x is not None else None for x in sides)
+                higher = next(x.higher[metric] for x in sides if x is not None)
+                drop = drop_std = None
+                paired: tuple[int, ...] = ()
+                if g_st is not None and p_st is not None:
+                    drop = p_st.mean - g_st.mean
+                    gv, pv = _seed_values(sides[0], metric), _seed_values(sides[1], metric)
+                    paired = tuple(sorted(set(gv) & set(pv)))
+                    drop_std = Stats.of([pv[s] - gv[s] for s in paired]).std
+                out.append(LayoutDrop(label, side.method, variant, side.split, metric, higher, g_st, p_st, drop,
+                                      drop_std, paired))  # fmt: skip
     paired_methods = {(d.split, d.method) for d in out if not d.only}
     out = [d for d in out if not d.only or (d.label == d.method and (d.split, d.method) not in paired_methods)]
     return sorted(out, key=lambda d: (d.split, d.metric, d.only != "", d.label))
