@@ -7,9 +7,10 @@ Everything is read from the result files (``results/runs/*.json``), the committe
 
 Sections: provenance, the reproduced leaderboard (one ranked table per dataset and split, the tables of
 :mod:`benchmark.results.tables`), per-metric bar charts per dataset, ablations found in the results (text
-encoder by generator, with/without layout, guidance scale, sampler steps against the metrics and the time per
-image), training curves, sample grids, then the published numbers (a separate table, never ranked with the
-reproduced rows) and the list of result files.
+encoder by generator, with/without layout, ground-truth vs predicted layout with each method's drop from one
+to the other, guidance scale, sampler steps against the metrics and the time per image, and the grid text
+encoder x generator family x sampling-time guidance), training curves, sample grids, then the published
+numbers (a separate table, never ranked with the reproduced rows) and the list of result files.
 """
 
 from __future__ import annotations
