@@ -438,8 +438,9 @@ def scored(
         "kid": MetricValue(fid / 1000, False, None, *producer("kid")),
         "object_acc_small": MetricValue(sg / 2, True, None, *producer("object_acc_small")),
         "sg_consistency": MetricValue(sg, True, None, *producer("sg_consistency")),
-        "box_recall@0.5": MetricValue(sg / 4, True, None, *producer("box_recall@0.5")),
-    }
+        "box_recall@0.5": MetricValue(sg / 4, True, None, *producer("box_recall@0.5")) if layout == "pred" else
+        MetricValue(None, True, "no predicted boxes with the gt layout", *producer("box_recall@0.5")),
+    }  # fmt: skip
     config = {
         "method": method, "dataset": "shapes", "tier": "quick", "seed": seed, "device": "cpu", "image_size": 32,
         "protocol": "", "train": {"steps": 100}, "eval": {"layout": layout, "num_graphs": 8}, "method_cfg": method_cfg,

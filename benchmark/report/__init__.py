@@ -363,7 +363,7 @@ class _Builder:
                     Table(["generator", "layout", "text encoder", "guidance", "seeds", *metrics], rows,
                           f"{context} / {split}", numeric=[False] * 5 + [True] * len(metrics))
                 )  # fmt: skip
-            ns = sorted({c.group.metrics[m].n for c in part for m in metrics if m in c.group.metrics})
+            ns = sorted({st.n for c in part for m in metrics if (st := c.group.metrics.get(m)) and st.n}) or [0]
             n_text = f"n = {ns[0]} seed(s) per bar" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds per bar (in each bar's label)"
             skipped = [g for g in left if (g.dataset, g.tier, g.image_size) == (dataset, tier, size)]
             title = f"Text encoder × generator × guidance: {context}"
