@@ -101,8 +101,13 @@ def test_box_masks_are_the_released_hard_masks():
     assert torch.equal(m[0], want)
 
 
-@pytest.mark.parametrize("size", [128, 256])
-def test_full_architectures_build_and_have_the_released_shapes(size):
+@pytest.mark.parametrize(
+    "size,g_params,d_params",
+    # the released ResnetGenerator128/256 and ResnetDiscriminator128/256 with COCO's 184 classes (resnet_generator_v2.py,
+    # rcnn_discriminator.py): parameters counted from their layer shapes
+    [(128, 40_471_888, 57_881_538), (256, 46_154_960, 66_665_154)],
+)
+def test_full_architectures_build_and_have_the_released_shapes(size, g_params, d_params):
     cfg = LostGanV2Config()
     with torch.device("meta"):
         g = LostGanGenerator(cfg, 184, size)
@@ -118,6 +123,8 @@ def test_full_architectures_build_and_have_the_released_shapes(size):
     assert psp == ([3] if size == 128 else [])
     assert d.l_im.weight_orig.shape == (1, 1024) and d.l_y.weight_orig.shape == (184, 1024)
     assert len(d.trunk) == (6 if size == 128 else 7)
+    assert sum(p.numel() for p in g.parameters()) == g_params
+    assert sum(p.numel() for p in d.parameters()) == d_params
 
 
 # ---------------------------------------------------------------------------------------------------------
