@@ -101,6 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark import accel
 from benchmark.batch import SceneGraphBatch
 from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset, WeightProvenance
 from benchmark.nn.layout import object_maps, pack_objects
@@ -644,8 +645,8 @@ class LostGanV2(Method):
             self.layout_predictor.train()
             box_loss = self.layout_predictor.loss(batch, self.layout_predictor(batch))
             self.optimizer_layout.zero_grad(set_to_none=True)
-            box_loss.backward()
-            self.optimizer_layout.step()
+            accel.backward(box_loss)
+            accel.step(self.optimizer_layout)
             out["box_loss"] = box_loss.item()
         self.generator.train()
         self.discriminator.train()
@@ -668,8 +669,8 @@ class LostGanV2(Method):
             d_loss = d_loss + cfg.lambda_obj * (loss_robj + loss_fobj)
             out.update(d_loss_robj=loss_robj.item(), d_loss_fobj=loss_fobj.item())
         self.optimizer_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.optimizer_d.step()
+        accel.backward(d_loss)
+        accel.step(self.optimizer_d)
 
         self.discriminator.requires_grad_(False)  # the G step's D gradients are discarded in train.py
         try:
@@ -685,8 +686,8 @@ class LostGanV2(Method):
             terms["feat_loss"] = cfg.vgg_loss_weight * self._vgg_loss(real.device)(fake, real)
         g_loss = torch.stack(list(terms.values())).sum()
         self.optimizer_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.optimizer_g.step()
+        accel.backward(g_loss)
+        accel.step(self.optimizer_g)
         out.update({k: v.item() for k, v in terms.items()}, d_loss=d_loss.item(), g_loss=g_loss.item())
         return out
 
