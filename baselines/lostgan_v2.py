@@ -462,8 +462,8 @@ class LostGanV2Config:
     stage_mask_dim: int = 100  # hidden width of the per-stage mask heads (and the PSP module)
     roi_size: int = 8  # ROIAlign output of the object branch
     # Optimisation (train.py): Adam, betas (0, 0.999)
-    g_learning_rate: float = 1e-4
-    d_learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # train.py --g_lr and --d_lr (both 1e-4)
+    d_learning_rate: float | None = None  # the discriminator's, when it differs (None = learning_rate)
     beta1: float = 0.0
     beta2: float = 0.999
     # Loss weights (train.py)
@@ -539,8 +539,9 @@ class LostGanV2(Method):
         self.generator = LostGanGenerator(cfg, vocab.num_objects, info.image_size)
         self.discriminator = LostGanDiscriminator(cfg.ch, vocab.num_objects, info.image_size, cfg.roi_size)
         betas = (cfg.beta1, cfg.beta2)
-        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.g_learning_rate, betas=betas)
-        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.d_learning_rate, betas=betas)
+        d_lr = cfg.learning_rate if cfg.d_learning_rate is None else cfg.d_learning_rate
+        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.learning_rate, betas=betas)
+        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=betas)
         self.layout_predictor: GraphBoxPredictor | None = None
         if not cfg.layout_from:
             clean = lambda names: tuple(n.replace("_", " ").strip() for n in names)  # noqa: E731
