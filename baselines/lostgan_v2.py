@@ -75,6 +75,10 @@ Deviations from the released code, and why:
 - Sizes other than 128/256 (CPU tiers): the 128 model's last ``log2(size / 4)`` generator blocks, its
   PSP module in the second-to-last block, and its discriminator with the down blocks that reach 4x4.
   ``image_size / 2`` is the hard box-mask size and ``min(64, image_size / 2)`` the mask-regression map.
+- CPU tiers only (``tier_overrides``): narrower networks (quick: ``ch`` 8, latent and label embedding 32,
+  mask-regression and stage-mask widths 32, ROIAlign 4x4 at 32 px), batch 16 for 900 steps, and the layout
+  predictor at 32/128 widths with Adam lr 1e-3 so that it converges within the run. ``full`` is the released
+  configuration.
 - No horizontal-flip augmentation (the suite's loaders give each image once; the released loaders double
   the epoch with mirrored images); the full tier's 78,000 steps at batch 128 are the released 200 epochs of the
   flipped ~25k-image COCO-Stuff train set.
