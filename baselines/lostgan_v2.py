@@ -54,6 +54,8 @@ Adam ``lr = 1e-4`` for both, ``betas = (0, 0.999)``. Sampling (``test.py``): gen
 ``eval.layout="pred"``: boxes from sg2im's GCN box regressor (:class:`GraphBoxPredictor`), trained by this
 method on the ground-truth boxes with its own Adam (MSE; it never touches the GAN), or, with
 ``method.layout_from=PATH``, from a suite checkpoint of a method that predicts boxes (``load_box_source``).
+The predictor is trained in every run, so one checkpoint can be scored with either source (``layout_from`` is a
+sampling-time switch: ``eval CKPT --set eval.layout=pred --set method.layout_from=PATH``).
 The GAN always trains on ground-truth boxes (known objects). Masks are always LostGAN's own (mask regression).
 
 Sizes: the full 128 px configuration has 40,471,888 generator and 57,881,538 discriminator parameters, the
@@ -478,7 +480,7 @@ class LostGanV2Config:
     vgg_weights: str = ""  # "" = $SG2I_VGG19 or the torch.hub cache; a path; "random" (plumbing only)
     truncation: float = 2.0  # test.py: |z| <= 2 at sampling (0 = plain normal)
     # Predicted layouts (eval.layout=pred, and boxes unknown to the dataset)
-    layout_from: str = ""  # a suite checkpoint whose method predicts boxes (sg2im*, *_ddpm); "" = train our own
+    layout_from: str = ""  # a suite checkpoint whose method predicts boxes (sg2im*, *_ddpm); "" = our predictor
     predictor_embed_dim: int = 128  # GraphBoxPredictor: sg2im's defaults
     predictor_gconv_dim: int = 128
     predictor_hidden_dim: int = 512
@@ -546,18 +548,18 @@ class LostGanV2(Method):
         d_lr = cfg.learning_rate if cfg.d_learning_rate is None else cfg.d_learning_rate
         self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.learning_rate, betas=betas)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=betas)
-        self.layout_predictor: GraphBoxPredictor | None = None
-        if not cfg.layout_from:
-            clean = lambda names: tuple(n.replace("_", " ").strip() for n in names)  # noqa: E731
-            self.layout_predictor = GraphBoxPredictor(
-                info.phrases or clean(vocab.object_idx_to_name),
-                info.pred_phrases or clean(vocab.pred_idx_to_name),
-                embed_dim=cfg.predictor_embed_dim,
-                gconv_dim=cfg.predictor_gconv_dim,
-                hidden_dim=cfg.predictor_hidden_dim,
-                layers=cfg.predictor_layers,
-            )
-            self.optimizer_layout = torch.optim.Adam(self.layout_predictor.parameters(), lr=cfg.predictor_learning_rate)
+        # Always built and trained (small beside the GAN), also with layout_from: a checkpoint can then be
+        # evaluated with either box source (``eval --set method.layout_from=...`` is a sampling-time switch).
+        clean = lambda names: tuple(n.replace("_", " ").strip() for n in names)  # noqa: E731
+        self.layout_predictor = GraphBoxPredictor(
+            info.phrases or clean(vocab.object_idx_to_name),
+            info.pred_phrases or clean(vocab.pred_idx_to_name),
+            embed_dim=cfg.predictor_embed_dim,
+            gconv_dim=cfg.predictor_gconv_dim,
+            hidden_dim=cfg.predictor_hidden_dim,
+            layers=cfg.predictor_layers,
+        )
+        self.optimizer_layout = torch.optim.Adam(self.layout_predictor.parameters(), lr=cfg.predictor_learning_rate)
         # Not submodules: neither is part of this method's weights (loaded from their own files when needed).
         self.__dict__["_box_source"] = None
         self.__dict__["_vgg"] = None
@@ -613,7 +615,6 @@ class LostGanV2(Method):
                 gens = generator or [torch.Generator().manual_seed(i) for i in range(batch.num_images)]
                 boxes = self._source(batch.objs.device)(batch, gens)
             else:
-                assert self.layout_predictor is not None
                 was = self.layout_predictor.training
                 self.layout_predictor.eval()
                 try:
@@ -646,13 +647,12 @@ class LostGanV2(Method):
         if batch.images is None:
             raise ValueError("LostGAN-V2 training needs images in the batch")
         out: dict[str, float] = {}
-        if self.layout_predictor is not None:
-            self.layout_predictor.train()
-            box_loss = self.layout_predictor.loss(batch, self.layout_predictor(batch))
-            self.optimizer_layout.zero_grad(set_to_none=True)
-            accel.backward(box_loss)
-            accel.step(self.optimizer_layout)
-            out["box_loss"] = box_loss.item()
+        self.layout_predictor.train()
+        box_loss = self.layout_predictor.loss(batch, self.layout_predictor(batch))
+        self.optimizer_layout.zero_grad(set_to_none=True)
+        accel.backward(box_loss)
+        accel.step(self.optimizer_layout)
+        out["box_loss"] = box_loss.item()
         self.generator.train()
         self.discriminator.train()
         real = batch.images * 2 - 1

@@ -173,11 +173,14 @@ def test_predicted_layout_from_a_checkpoint(shapes, tmp_path, fixture_root, monk
     cfg = build_run_config("sg2im", "shapes", tier="smoke", device="cpu")
     src = train(cfg, tmp_path / "sg2im", progress=False)
     ds, info = shapes
+    own = _method(info).eval()
     m = _method(info, layout_from=str(src.checkpoint)).eval()
-    assert m.layout_predictor is None and not any("layout_predictor" in k for k in m.state_dict())
+    m.load_state_dict(own.state_dict())  # a sampling-time switch: the same weights take either box source
     batch = collate([ds[i] for i in range(2)])
     gens = sample_generators(0, "test", [0, 1], 0)
-    torch.testing.assert_close(m.predict_boxes(batch, gens), usable_boxes(src.method.predict_boxes(batch, gens)))
+    theirs = usable_boxes(src.method.predict_boxes(batch, gens))
+    torch.testing.assert_close(m.predict_boxes(batch, gens), theirs)
+    assert not torch.allclose(own.predict_boxes(batch, gens), theirs)
     [prov] = m.weight_provenance()
     assert prov.name == "layout_from" and prov.sha256
     bad = _method(info, layout_from=str(tmp_path / "missing.safetensors"))
