@@ -28,6 +28,15 @@ condition is replaced by the null condition (object tokens masked out so only th
 ``eps = eps(x, null) + s (eps(x, c) - eps(x, null))`` and the conditional variance output (GLIDE); ``s = 1``
 is exactly the conditional prediction (one forward pass).
 
+SceneGenie guidance (``method.guidance=scenegenie``, :mod:`methods.guidance`) is a sampling-time option on top:
+each step's eps gets ``sqrt(1 - abar_t)`` times the gradient of a box term (the cross-attention mass of each
+object token outside the box the sample is rendered with: the predicted one with ``layout="pred"``, the ground
+truth with ``"gt"``) and of SceneGenie's CLIP term (off by default: it needs CLIP weights, which cannot be had
+offline). The box weight 1000 was picked on the quick-tier ``minilm_ddpm`` (16 ``shapes`` test graphs, 50
+DDPM steps): the final images' box energy goes 0.841 -> 0.830 with samples that look unchanged; 10^4 lowers
+it to 0.783 but turns colours towards blue/purple (this model already follows the rendered layout, so the
+attention term mostly moves colour). Old checkpoints load with guidance off and sample the same images.
+
 Tiers: ``full`` (the Config defaults) is ADM-64 scale for a GPU (192 ch, 3 blocks, attention at 32/16/8 px,
 64 ch/head, dropout 0.1, lr 1e-4, EMA 0.9999, T = 1000, 25 DPM-Solver++ steps, CFG drop 0.2 as
 LayoutDiffusion; 299M UNet parameters); ``--set image_size=128`` picks ADM-128's ``channel_mult``
@@ -87,7 +96,7 @@ class SGDiffusionConfig:
     guidance_scale: float = 1.0  # 1 = conditional prediction, no guidance
     # SceneGenie sampling-time guidance (methods/guidance.py); sampling-time fields, off by default
     guidance: str = "none"  # none | scenegenie
-    guidance_box_weight: float = 1.0  # cross-attention box term (Chen et al. 2023); needs no CLIP
+    guidance_box_weight: float = 1000.0  # cross-attention box term (Chen et al. 2023); needs no CLIP (see below)
     guidance_clip_weight: float = 0.0  # SceneGenie's CLIP term (released scale 1.0); needs CLIP weights
     guidance_cutouts: int = 16  # CLIP cutouts per image and per object (released: 16)
     guidance_clip_weights: str = ""  # CLIP weights, as method.text_encoder_weights of clip ("" = ViT-B/32)

@@ -143,7 +143,8 @@ def test_guided_sampling_is_deterministic(trained_state, data):
 
 
 def test_minilm_with_the_box_term_samples_offline(data):
-    m, _ = build("minilm_ddpm", guidance="scenegenie")
+    # with classifier-free guidance too: the energy reads the conditional half of the 2B attention maps
+    m, _ = build("minilm_ddpm", guidance="scenegenie", guidance_scale=1.5)
     x = m.eval().sample(data[1], gens(3), layout="gt")
     assert x.shape == (3, 3, 32, 32) and torch.isfinite(x).all()
 
