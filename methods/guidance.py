@@ -80,6 +80,7 @@ from torch import Tensor
 from benchmark.batch import SceneGraphBatch
 from benchmark.interfaces import WeightProvenance
 from benchmark.seeding import derive_seed
+from benchmark.text_encoders.base import WeightsUnavailable
 from benchmark.text_encoders.clip import ClipEncoder
 
 GUIDANCE_KINDS = ("none", "scenegenie")
@@ -230,7 +231,13 @@ class SceneGenieGuidance:
     def __init__(self, box_weight: float, clip_weight: float, cutouts: int, until: float, clip_weights: str) -> None:
         self.box_weight, self.clip_weight, self.cutouts, self.until = box_weight, clip_weight, cutouts, until
         # Resolving the CLIP weights raises WeightsUnavailable now, i.e. when the method is built.
-        self.clip = ClipImageText(clip_weights) if clip_weight > 0 else None
+        try:
+            self.clip = ClipImageText(clip_weights) if clip_weight > 0 else None
+        except WeightsUnavailable as e:
+            raise WeightsUnavailable(
+                f"method.guidance_clip_weights (SceneGenie's CLIP term; method.guidance_clip_weight=0 runs the box "
+                f"term alone): {e}"
+            ) from None
 
     @classmethod
     def from_config(cls, cfg: Any) -> SceneGenieGuidance | None:
