@@ -106,7 +106,11 @@ def scan_globals(path: Path) -> list[tuple[str, str]]:
 class _AllowListUnpickler(pickle.Unpickler):
     """Resolves only :data:`ALLOWED_GLOBALS`; torch.load supplies the tensor storages via ``persistent_load``."""
 
+    stand_ins: dict[tuple[str, str], type] = {}
+
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.stand_ins:
+            return self.stand_ins[(module, name)]
         if (module, name) not in ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
         return super().find_class(module, name)
@@ -118,13 +122,37 @@ class _AllowListPickle:
     __name__ = "benchmark.imports.allow_list_pickle"
     Unpickler = _AllowListUnpickler
 
-    @staticmethod
-    def load(f: Any, **kwargs: Any) -> Any:
-        return _AllowListUnpickler(f, **kwargs).load()
+    @classmethod
+    def load(cls, f: Any, **kwargs: Any) -> Any:
+        return cls.Unpickler(f, **kwargs).load()
 
 
-def read_torch_pickle(path: str | Path) -> Any:
+class _KeyOnly:
+    """Stand-in for a class a checkpoint names only as a marker (a dict key); constructing it is refused."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError(f"{cls.__qualname__} may only appear as a dict key, not be constructed")
+
+
+def _key_only(module: str, name: str) -> type:
+    return type(name, (_KeyOnly,), {"__module__": module, "__qualname__": name})
+
+
+# PyTorch Lightning 1.x (< 1.5) keys ``checkpoint["callbacks"]`` by the callback *class*, so checkpoints of that era
+# (CompVis latent-diffusion's first stages, trained with pytorch-lightning 1.4.2) name these globals; they stand in
+# as inert keys and the callback states under them stay plain dicts of tensors and builtins.
+LIGHTNING_KEY_GLOBALS: dict[tuple[str, str], type] = {
+    (m, n): _key_only(m, n)
+    for m, n in (("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+                 ("pytorch_lightning.callbacks.early_stopping", "EarlyStopping"))
+}  # fmt: skip
+
+
+def read_torch_pickle(path: str | Path, stand_ins: dict[tuple[str, str], type] | None = None) -> Any:
     """Read a ``torch.save`` file holding only tensors and builtin containers; refuse any other global by name.
+
+    ``stand_ins`` maps further globals to inert replacements (e.g. :data:`LIGHTNING_KEY_GLOBALS`); the named
+    module is never imported.
 
     ``torch.load(weights_only=True)`` first; files it cannot express (sg2im's loss logs are ``defaultdict(list)``
     with items, which its unpickler refuses) are read with :class:`_AllowListUnpickler` (the same allow-list,
@@ -136,19 +164,35 @@ def read_torch_pickle(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    bad = sorted({g for g in scan_globals(path) if g not in ALLOWED_GLOBALS})
+    stand_ins = stand_ins or {}
+    bad = sorted({g for g in scan_globals(path) if g not in ALLOWED_GLOBALS and g not in stand_ins})
     if bad:
         names = ", ".join(f"{m}.{a}" for m, a in bad)
         raise CheckpointError(f"{path}: refused: the pickle names the global(s) {names}, which are not tensors or "
                               "builtin containers (nothing was unpickled)")  # fmt: skip
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([(c, f"{m}.{n}") for (m, n), c in stand_ins.items()]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
+    unpickler = type("_Unpickler", (_AllowListUnpickler,), {"stand_ins": stand_ins})
+    module = type("_Pickle", (_AllowListPickle,), {"Unpickler": unpickler})
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_AllowListPickle)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a readable torch.save file of tensors and containers ({e})") from None
+
+
+def read_lightning_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a PyTorch Lightning checkpoint (a ``torch.save`` dict with ``state_dict`` beside the
+    trainer's bookkeeping: epoch, global_step, callbacks, optimizer_states, ...), read by :func:`read_torch_pickle`
+    with :data:`LIGHTNING_KEY_GLOBALS`; the bookkeeping is read as plain data and dropped."""
+    ckpt = read_torch_pickle(path, LIGHTNING_KEY_GLOBALS)
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: field 'state_dict' is missing or not a dict of tensors "
+                              "(not a PyTorch Lightning checkpoint)")  # fmt: skip
+    return dict(sd)
 
 
 # ---------------------------------------------------------------------------------------------------------
