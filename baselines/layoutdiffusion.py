@@ -50,6 +50,11 @@ MSE, or the box head of a trained ``sg2im*`` / ``*_ddpm`` checkpoint (``method.l
 without a ground-truth box (4D-OR ``has_layout`` False) take the predicted box in gt mode too (SG2Im's
 ``use_gt`` rule, :func:`layout_boxes`).
 
+SceneGenie guidance (``--set method.guidance=scenegenie``, :mod:`methods.guidance`) works here as on the
+``*_ddpm`` methods: its box term reads the object keys' share of each object-aware attention map (recorded by
+:class:`ObjectAwareCrossAttention`), its CLIP term the decoded ``x0``; the released LayoutDiffusion has no such
+guidance (an addition for the issue's guidance ablation, off by default).
+
 Deviations from the released code, each with its reason:
 
 - noise schedule: ``full`` uses the released linear schedule (``noise_schedule: linear``, ADM's
@@ -96,8 +101,9 @@ from benchmark.nn.layout_predictor import (
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN
 from methods.diffusion import SAMPLERS, GaussianDiffusion, ema_decay, ema_update, named_betas, sample_loop
+from methods.guidance import GuidanceConfig, GuidanceInputs, SceneGenieGuidance, graph_captions
 from methods.sg_diffusion import SIGMA_DATA
-from methods.unet import AttentionBlock, UNetModel, normalization
+from methods.unet import AttentionBlock, UNetModel, normalization, record_cross_attention
 
 # Released per-size settings (configs/COCO-stuff_{128x128,256x256}/LayoutDiffusion_large.yaml).
 RELEASED = {
@@ -107,8 +113,9 @@ RELEASED = {
 
 
 @dataclass(frozen=True)
-class LayoutDiffusionConfig:
-    """Defaults are the released LayoutDiffusion-large (COCO-Stuff 128 px; 256 px via ``image_size=256``)."""
+class LayoutDiffusionConfig(GuidanceConfig):
+    """Defaults are the released LayoutDiffusion-large (COCO-Stuff 128 px; 256 px via ``image_size=256``);
+    SceneGenie's sampling-time guidance fields (``guidance*``, off by default) from ``GuidanceConfig``."""
 
     # Layout Fusion Module (layout_encoder.py LayoutTransformerEncoder)
     layout_length: int = 10  # tokens per image: image + 8 objects + 1 (coco.py: max_objects_per_image + 2)
@@ -224,8 +231,12 @@ class ObjectAwareCrossAttention(AttentionBlock):
     """Patches attend to patches and objects, with box position embeddings on queries and keys (module doc).
 
     Subclasses the suite's ``AttentionBlock`` (same ``norm``, ``qkv`` and zero-initialised ``proj_out``), so the
-    UNet's ``TimestepEmbedSequential`` hands it the :class:`LayoutTokens`.
+    UNet's ``TimestepEmbedSequential`` hands it the :class:`LayoutTokens`. Inside
+    :func:`methods.unet.record_cross_attention` it appends the probabilities of the object keys,
+    ``[B, heads, H, W, L]`` (SceneGenie's box term reads them; the output is unchanged).
     """
+
+    attends_to_tokens = True
 
     def __init__(self, channels: int, num_heads: int, encoder_channels: int) -> None:
         super().__init__(channels, num_heads=num_heads)
@@ -259,6 +270,11 @@ class ObjectAwareCrossAttention(AttentionBlock):
             pad = torch.zeros(b, ln, dtype=query.dtype, device=x.device)
             pad = pad.masked_fill(~tokens.mask, torch.finfo(query.dtype).min)
             mask = torch.cat([pad.new_zeros(b, n), pad], dim=1)[:, None, None, :]
+        if self.record is not None:
+            logits = query @ key.transpose(-1, -2) * (2 * d) ** -0.5  # SDPA's scale: 1 / sqrt(query width)
+            if mask is not None:
+                logits = logits + mask
+            self.record.append(logits.softmax(-1)[..., n:].reshape(b, heads, hh, ww, ln))
         h = F.scaled_dot_product_attention(query.contiguous(), key.contiguous(), value.contiguous(), attn_mask=mask)
         h = h.transpose(2, 3).reshape(b, c, n)
         return x + self.proj_out(h).reshape(b, c, hh, ww)
@@ -355,6 +371,8 @@ class LayoutDiffusion(Method):
         self.diffusion = GaussianDiffusion(cfg.diffusion_steps, cfg.noise_schedule)
         lr = _released(info.image_size, "learning_rate") if cfg.learning_rate is None else cfg.learning_rate
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        # SceneGenie sampling-time guidance (methods/guidance.py); resolves its CLIP weights now.
+        self.scenegenie = SceneGenieGuidance.from_config(cfg)
         self.box_net: GraphBoxPredictor | None = None
         self._box_source: BoxSource | None = None
         if not cfg.layout_from:
@@ -433,7 +451,8 @@ class LayoutDiffusion(Method):
             self.box_source()  # fail before training when the checkpoint is missing or from another dataset
 
     def weight_provenance(self) -> list[WeightProvenance]:
-        return [self.box_source().provenance] if self.cfg.layout_from else []
+        out = [self.box_source().provenance] if self.cfg.layout_from else []
+        return out + (self.scenegenie.provenance() if self.scenegenie is not None else [])
 
     def train_step(self, batch: SceneGraphBatch, step: int) -> dict[str, float]:
         """One AdamW step on the hybrid loss (ground-truth layout, whole-batch CFG drop) + one Adam step of the
@@ -494,6 +513,21 @@ class LayoutDiffusion(Method):
         return layout_boxes(batch, pred, layout)
 
     @torch.no_grad()
+    def guidance_inputs(self, batch: SceneGraphBatch, boxes: Tensor, generator: list[torch.Generator]) -> GuidanceInputs:
+        """SceneGenie's targets: the boxes the model draws and each object's column among the object keys
+        (slot ``1 + k`` for the k-th non-image object of its image, as :meth:`layout_sequence` places it)."""
+        keep = batch.objs != self.image_obj
+        _, slot, _, _ = pack_objects(batch.obj_to_img[keep], batch.num_images)
+        token_index = torch.zeros_like(batch.objs)
+        token_index[keep] = slot + 1
+        obj_ph = self.info.phrases or self.info.vocab.object_idx_to_name
+        pred_ph = self.info.pred_phrases or self.info.vocab.pred_idx_to_name
+        return GuidanceInputs(
+            boxes=boxes.detach().float(), obj_to_img=batch.obj_to_img, token_index=token_index, include=keep,
+            captions=graph_captions(batch, obj_ph, pred_ph, self.image_obj),
+            phrases=[obj_ph[i] for i in batch.objs.tolist()], generators=list(generator),
+        )  # fmt: skip
+
     def sample(self, batch: SceneGraphBatch, generator: list[torch.Generator], layout: str = "pred") -> Tensor:
         cfg = self.cfg
         n = batch.num_images
@@ -516,6 +550,11 @@ class LayoutDiffusion(Method):
             eps = c_out[:, :3] + cfg.guidance_scale * (c_out[:, :3] - u_out[:, :3])
             return torch.cat([eps, c_out[:, 3:]], dim=1)
 
+        if self.scenegenie is not None:
+            model_fn = self.scenegenie.wrap(
+                model_fn, self.diffusion.alphas_cumprod, self.guidance_inputs(batch, boxes, generator),
+                record_attention=lambda: record_cross_attention(net.unet),
+            )  # fmt: skip
         size = self.info.image_size
         x = sample_loop(
             model_fn, (3, size, size), generator, cfg.sampler, cfg.sample_steps, cfg.diffusion_steps,

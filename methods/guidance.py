@@ -92,6 +92,19 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """The sampling-time guidance fields, a base of every diffusion method's config (off by default, so a
+    checkpoint written before they existed loads with them off and samples the same images)."""
+
+    guidance: str = "none"  # none | scenegenie
+    guidance_box_weight: float = 1000.0  # cross-attention box term (Chen et al. 2023); needs no CLIP
+    guidance_clip_weight: float = 0.0  # SceneGenie's CLIP term (released scale 1.0); needs CLIP weights
+    guidance_cutouts: int = 16  # CLIP cutouts per image and per object (released: 16)
+    guidance_clip_weights: str = ""  # CLIP weights, as method.text_encoder_weights of clip ("" = ViT-B/32)
+    guidance_until: float = 0.0  # guide the steps with t >= until * T (0 = every step, as released)
+
+
 def check_guidance_config(cfg: Any) -> None:
     """Validate the ``guidance*`` fields of a method config (ValueError naming the field)."""
     if cfg.guidance not in GUIDANCE_KINDS:
@@ -355,6 +368,7 @@ class SceneGenieGuidance:
 
 __all__ = [
     "GUIDANCE_KINDS",
+    "GuidanceConfig",
     "GuidanceInputs",
     "SceneGenieGuidance",
     "box_energy",

@@ -68,7 +68,7 @@ from benchmark.nn.layout import object_maps, objects_to_layout, pack_objects
 from benchmark.registry import register_presets
 from benchmark.scene_graph import IMAGE_TOKEN
 from methods.diffusion import SAMPLERS, GaussianDiffusion, cosine_betas, ema_decay, ema_update, sample_loop
-from methods.guidance import GuidanceInputs, SceneGenieGuidance, graph_captions
+from methods.guidance import GuidanceConfig, GuidanceInputs, SceneGenieGuidance, graph_captions
 from methods.unet import UNetModel, record_cross_attention
 
 SIGMA_DATA = 0.5  # EDM's sigma_data for images in [-1, 1] (used by eps_skip)
@@ -76,8 +76,9 @@ MIN_BOX_SIDE = 1.0 / 32  # predicted boxes are widened to at least this side (gr
 
 
 @dataclass(frozen=True)
-class SGDiffusionConfig:
-    """Defaults are the full tier at 64 px (ADM ImageNet-64 / LayoutDiffusion scale, for a GPU)."""
+class SGDiffusionConfig(GuidanceConfig):
+    """Defaults are the full tier at 64 px (ADM ImageNet-64 / LayoutDiffusion scale, for a GPU); the SceneGenie
+    sampling-time guidance fields (``guidance*``) come from :class:`methods.guidance.GuidanceConfig`."""
 
     text_encoder: str = "learned"  # node embeddings: learned | clip | data2vec | minilm
     text_encoder_weights: str = ""  # the encoder's weights ("" = its default; "random" only for tests)
@@ -94,13 +95,6 @@ class SGDiffusionConfig:
     mask_loss_weight: float = 1.0
     cond_drop_prob: float = 0.2  # CFG: P(condition dropped) per training image (LayoutDiffusion 0.2)
     guidance_scale: float = 1.0  # 1 = conditional prediction, no guidance
-    # SceneGenie sampling-time guidance (methods/guidance.py); sampling-time fields, off by default
-    guidance: str = "none"  # none | scenegenie
-    guidance_box_weight: float = 1000.0  # cross-attention box term (Chen et al. 2023); needs no CLIP (see below)
-    guidance_clip_weight: float = 0.0  # SceneGenie's CLIP term (released scale 1.0); needs CLIP weights
-    guidance_cutouts: int = 16  # CLIP cutouts per image and per object (released: 16)
-    guidance_clip_weights: str = ""  # CLIP weights, as method.text_encoder_weights of clip ("" = ViT-B/32)
-    guidance_until: float = 0.0  # guide the steps with t >= until * T (0 = every step, as released)
     # ADM UNet (64x64: 192 ch, 3 blocks, attention at 32/16/8 px, 64 ch/head, dropout 0.1, BigGAN up/down)
     model_channels: int = 192
     channel_mult: tuple[int, ...] = ()  # () = ADM's per size: 64 (1,2,3,4), 128 (1,1,2,3,4)

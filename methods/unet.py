@@ -214,6 +214,7 @@ class AttentionBlock(nn.Module):
     """
 
     record: list[Tensor] | None = None
+    attends_to_tokens = False  # subclasses whose keys include tokens without ``encoder_kv`` set this
 
     def __init__(
         self,
@@ -267,7 +268,10 @@ class AttentionBlock(nn.Module):
 def record_cross_attention(module: nn.Module) -> Iterator[list[Tensor]]:
     """Collect the token attention maps ``[B, heads, H, W, L]`` of every cross-attention block of ``module``
     during the forward passes inside the ``with`` (in call order) into the list it yields."""
-    blocks = [m for m in module.modules() if isinstance(m, AttentionBlock) and m.encoder_kv is not None]
+    blocks = [
+        m for m in module.modules()
+        if isinstance(m, AttentionBlock) and (m.encoder_kv is not None or m.attends_to_tokens)
+    ]  # fmt: skip
     store: list[Tensor] = []
     for m in blocks:
         m.record = store

@@ -350,3 +350,76 @@ def test_activation_checkpointing_gives_the_same_gradients(shapes):
     assert grads[0]["fusion.class_embed.weight"].abs().sum() > 0
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SceneGenie sampling-time guidance (methods/guidance.py) on the object-aware attention
+
+
+def test_recorded_object_attention_is_the_softmax_share_of_the_object_keys(shapes):
+    from methods.unet import record_cross_attention
+
+    ds, info = shapes
+    m = _method(info)
+    _perturb(m.ema)
+    batch = collate([ds[i] for i in range(2)])
+    tokens = m.ema.fusion(*m.layout_sequence(batch, batch.boxes))
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([500, 500])
+    with torch.no_grad():
+        plain = m.ema(x, t, tokens)
+        with record_cross_attention(m.ema.unet) as maps:
+            recorded = m.ema(x, t, tokens)
+    assert torch.equal(plain, recorded), "recording must not change the output"
+    blocks = [b for b in m.ema.unet.modules() if getattr(b, "attends_to_tokens", False)]
+    assert len(maps) == len(blocks) > 0
+    ln = tokens.content.shape[1]
+    for a in maps:
+        assert a.shape[0] == 2 and a.shape[-1] == ln
+        share = a.sum(-1)  # the object keys' part of each patch's attention: in (0, 1)
+        assert bool((share > 0).all()) and bool((share < 1).all())
+
+
+def test_guidance_weight_zero_is_the_unguided_sample_and_the_box_term_changes_it(shapes):
+    ds, info = shapes
+    batch = collate([ds[i] for i in range(2)])
+    m = _method(info)
+    _perturb(m.ema)
+    g = lambda: sample_generators(0, "test", [0, 1], 0)  # noqa: E731
+    plain = m.sample(batch, g(), layout="gt")
+    state = m.state_dict()
+    zero = _method(info, guidance="scenegenie", guidance_box_weight=0.0)
+    zero.load_state_dict(state)
+    assert zero.scenegenie is None and torch.equal(zero.sample(batch, g(), layout="gt"), plain)
+    guided = _method(info, guidance="scenegenie", guidance_box_weight=1e4)
+    guided.load_state_dict(state)
+    out = guided.sample(batch, g(), layout="gt")
+    assert not torch.equal(out, plain)
+    assert torch.equal(out, guided.sample(batch, g(), layout="gt")), "guided sampling is deterministic"
+
+
+def test_box_term_step_lowers_the_object_attention_energy(shapes):
+    from methods.guidance import box_energy
+    from methods.unet import record_cross_attention
+
+    ds, info = shapes
+    batch = collate([ds[i] for i in range(2)])
+    m = _method(info, guidance="scenegenie", guidance_box_weight=1.0, guidance_scale=0.0)
+    _perturb(m.ema)
+    tokens = m.ema.fusion(*m.layout_sequence(batch, batch.boxes))
+    inputs = m.guidance_inputs(batch, batch.boxes, sample_generators(0, "test", [0, 1], 0))
+    plain = lambda x_, t_: m.ema(x_, t_, tokens).float()  # noqa: E731
+    guided = m.scenegenie.wrap(plain, m.diffusion.alphas_cumprod, inputs, lambda: record_cross_attention(m.ema.unet))
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([600, 600])
+
+    def energy(x_):
+        with torch.no_grad(), record_cross_attention(m.ema.unet) as maps:
+            plain(x_, t)
+        return float(box_energy(maps, inputs.boxes, inputs.obj_to_img, inputs.token_index, inputs.include, 2).sum())
+
+    with torch.no_grad():
+        delta = guided(x, t)[:, :3] - plain(x, t)[:, :3]
+    assert float(delta.abs().max()) > 0
+    # x_{t-1} moves by -c * delta with c > 0 for every eps-parameterised step: a small step must lower E.
+    e0 = energy(x)
+    step = 1e-2 / float(delta.abs().max())
+    assert energy(x - step * delta) < e0
