@@ -162,6 +162,29 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
+SCHEDULES = ("cosine", "linear", "ldm_linear")
+
+
+def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
+    """The betas of a named noise schedule, float64 [T].
+
+    - ``cosine``: :func:`cosine_betas` (iDDPM; the suite's default).
+    - ``linear``: ADM's linear schedule, ``linspace(1e-4 s, 0.02 s, T)`` with ``s = 1000 / T``
+      (``improved_diffusion/gaussian_diffusion.py`` ``get_named_beta_schedule("linear")``; LayoutDiffusion).
+    - ``ldm_linear``: latent diffusion's "linear", ``linspace(sqrt(0.0015), sqrt(0.0195), T) ** 2``
+      (CompVis ``ldm/modules/diffusionmodules/util.py`` ``make_beta_schedule`` with the ``linear_start`` /
+      ``linear_end`` of the f8 first-stage configs; SGDiff); diffusers calls it ``scaled_linear``.
+    """
+    if schedule == "cosine":
+        return cosine_betas(num_timesteps)
+    if schedule == "linear":
+        scale = 1000 / num_timesteps
+        return np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
+    if schedule == "ldm_linear":
+        return np.linspace(0.0015**0.5, 0.0195**0.5, num_timesteps, dtype=np.float64) ** 2
+    raise ValueError(f"unknown noise schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
 class GaussianDiffusion:
     """The forward process and the improved-DDPM training objective for an eps + learned-range-variance model.
 
@@ -173,11 +196,12 @@ class GaussianDiffusion:
     ``t = 0`` to ``log beta_tilde_1``). All coefficients are float64 [T], as in ``gaussian_diffusion.py``.
     """
 
-    def __init__(self, num_timesteps: int = 1000) -> None:
+    def __init__(self, num_timesteps: int = 1000, schedule: str = "cosine") -> None:
         if num_timesteps < 2:
             raise ValueError(f"diffusion_steps must be >= 2, got {num_timesteps}")
         self.num_timesteps = T = int(num_timesteps)
-        betas = cosine_betas(T)
+        self.schedule = schedule
+        betas = named_betas(schedule, T)
         alphas_cumprod = np.cumprod(1.0 - betas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
@@ -304,17 +328,21 @@ class GaussianDiffusion:
 # Sampling with diffusers' schedulers
 
 
-def make_scheduler(sampler: str, num_timesteps: int, steps: int):  # -> diffusers SchedulerMixin
-    """A diffusers scheduler for ``sampler`` with the cosine schedule of ``num_timesteps``, set to ``steps`` steps."""
+def make_scheduler(
+    sampler: str, num_timesteps: int, steps: int, schedule: str = "cosine"
+):  # -> diffusers SchedulerMixin
+    """A diffusers scheduler for ``sampler`` with the named noise schedule (:func:`named_betas`) of
+    ``num_timesteps``, set to ``steps`` steps."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sample_steps must be in [1, {num_timesteps}], got {steps}")
-    common = {
-        "num_train_timesteps": num_timesteps,
-        "beta_schedule": "squaredcos_cap_v2",
-        "prediction_type": "epsilon",
-    }
+    betas = named_betas(schedule, num_timesteps)
+    common: dict = {"num_train_timesteps": num_timesteps, "prediction_type": "epsilon"}
+    if schedule == "cosine":
+        common["beta_schedule"] = "squaredcos_cap_v2"
+    else:  # diffusers takes the exact betas (its own "linear" is not scaled by 1000 / T)
+        common["trained_betas"] = betas.tolist()
     if sampler == "ddpm":
         sched = DDPMScheduler(
             **common, variance_type="learned_range", clip_sample=True, clip_sample_range=1.0
@@ -330,7 +358,7 @@ def make_scheduler(sampler: str, num_timesteps: int, steps: int):  # -> diffuser
             solver_order=2,
             thresholding=True,
             sample_max_value=1.0,  # threshold s = clamp(quantile, 1, 1) = 1: plain clipping of x_0 to [-1, 1]
-            lambda_min_clipped=DPM_LAMBDA_MIN_CLIPPED,
+            lambda_min_clipped=DPM_LAMBDA_MIN_CLIPPED if schedule == "cosine" else -float("inf"),
             timestep_spacing="linspace",
         )
         with warnings.catch_warnings():  # diffusers 0.42 calls np.array(tensor) in a way numpy 2 deprecates
@@ -343,7 +371,7 @@ def make_scheduler(sampler: str, num_timesteps: int, steps: int):  # -> diffuser
         # sqrt(1 - alpha_bar_prev - sigma^2) is a square root of a rounding-negative number (NaN) at eta = 1
         # on the cosine schedule's capped last step (alpha_bar_999 ~ 2e-9). Only 0-dim coefficients change
         # dtype; the samples stay float32.
-        sched.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - cosine_betas(num_timesteps)))
+        sched.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - betas))
         sched.one = sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
     return sched
 
@@ -357,6 +385,7 @@ def sample_loop(
     num_timesteps: int,
     device: torch.device | str = "cpu",
     eta: float = 1.0,
+    schedule: str = "cosine",
 ) -> Tensor:
     """Run the reverse process from ``x_T ~ N(0, I)`` and return ``x_0`` in [-1, 1], ``[B, *shape]``.
 
@@ -368,7 +397,7 @@ def sample_loop(
     from diffusers.utils.torch_utils import randn_tensor
 
     b = len(generator)
-    sched = make_scheduler(sampler, num_timesteps, steps)
+    sched = make_scheduler(sampler, num_timesteps, steps, schedule)
     x = randn_tensor((b, *shape), generator=generator, device=torch.device(device), dtype=torch.float32)
     x = x * sched.init_noise_sigma
     c = shape[0]

@@ -18,8 +18,9 @@ keys/values that the pixels attend to *together with* the self-attention keys). 
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +207,14 @@ class AttentionBlock(nn.Module):
 
     where ``token_mask [B, L]`` (True = real token) hides padded tokens. ``encoder_channels=None``: plain ADM
     self-attention. ``W_o`` is zero-initialised.
+
+    Inside :func:`record_cross_attention` the block also appends the attention probabilities of the token keys,
+    ``softmax(q^T [k_e, k] / sqrt(d))[..., :L]`` as ``[B, heads, H, W, L]`` (differentiable; the output is still
+    computed by SDPA, so it is unchanged); outside it, ``record`` is None and nothing extra runs.
     """
+
+    record: list[Tensor] | None = None
+    attends_to_tokens = False  # subclasses whose keys include tokens without ``encoder_kv`` set this
 
     def __init__(
         self,
@@ -245,9 +253,33 @@ class AttentionBlock(nn.Module):
                 pad = torch.zeros(b, token_mask.shape[1], dtype=q.dtype, device=q.device)
                 pad = pad.masked_fill(~token_mask.bool(), torch.finfo(q.dtype).min)
                 mask = torch.cat([pad, pad.new_zeros(b, q.shape[2])], dim=1)[:, None, None, :]  # [B,1,1,L+HW]
+        if self.record is not None and self.encoder_kv is not None and tokens is not None:
+            logits = q @ k.transpose(-1, -2) * d**-0.5  # [B, heads, HW, L + HW]
+            if mask is not None:
+                logits = logits + mask
+            n_tok = tokens.shape[1]
+            self.record.append(logits.softmax(-1)[..., :n_tok].reshape(b, heads, *spatial, n_tok))
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, HW, d]
         h = h.permute(0, 1, 3, 2).reshape(b, c, -1)  # [B, C, HW]
         return x + self.proj_out(h).reshape(b, c, *spatial)
+
+
+@contextlib.contextmanager
+def record_cross_attention(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect the token attention maps ``[B, heads, H, W, L]`` of every cross-attention block of ``module``
+    during the forward passes inside the ``with`` (in call order) into the list it yields."""
+    blocks = [
+        m for m in module.modules()
+        if isinstance(m, AttentionBlock) and (m.encoder_kv is not None or m.attends_to_tokens)
+    ]  # fmt: skip
+    store: list[Tensor] = []
+    for m in blocks:
+        m.record = store
+    try:
+        yield store
+    finally:
+        for m in blocks:
+            m.record = None
 
 
 class UNetModel(nn.Module):

@@ -33,6 +33,7 @@ from benchmark.results import (
     mean_std_csv,
     producer,
     rebuild_leaderboard,
+    views,
     write_result,
 )
 from benchmark.run import eval_checkpoint, run
@@ -421,3 +422,217 @@ def test_report_renders_in_headless_browser_with_every_image(smoke: dict[str, An
     broken = _images_in_browser(browser, page, tmp_path / "profile")
     assert [i["src"] for i in broken if not i["ok"]] == ["figures/missing.png"]
     page.unlink()
+
+
+# --- layout drop and encoder x generator x guidance (synthetic records) ------------------------------------
+
+
+def scored(
+    method: str, seed: int, layout: str, fid: float, sg: float, family: str = "", changes: dict | None = None,
+    splits: Sequence[str] = ("test",), **method_cfg: Any,
+) -> RunResult:  # fmt: skip
+    """A shapes quick result with the protocol's primary metrics and the config changes recorded as a run
+    records them (schema 2), e.g. a guided evaluation of a checkpoint."""
+    metrics = {
+        "fid": MetricValue(fid, False, None, *producer("fid")),
+        "kid": MetricValue(fid / 1000, False, None, *producer("kid")),
+        "object_acc_small": MetricValue(sg / 2, True, None, *producer("object_acc_small")),
+        "sg_consistency": MetricValue(sg, True, None, *producer("sg_consistency")),
+        "box_recall@0.5": MetricValue(sg / 4, True, None, *producer("box_recall@0.5")) if layout == "pred" else
+        MetricValue(None, True, "no predicted boxes with the gt layout", *producer("box_recall@0.5")),
+    }  # fmt: skip
+    config = {
+        "method": method, "dataset": "shapes", "tier": "quick", "seed": seed, "device": "cpu", "image_size": 32,
+        "protocol": "", "train": {"steps": 100}, "eval": {"layout": layout, "num_graphs": 8}, "method_cfg": method_cfg,
+    }  # fmt: skip
+    return RunResult(
+        method=method, dataset="shapes", tier="quick", seed=seed, image_size=32, family=family,
+        protocol={"version": "1.1", "sha256": SHA}, splits={s: {"version": "1.0", "sha256": SHA} for s in splits},
+        config=config, config_changes=changes or {},
+        evaluations=[SplitEvaluation(s, layout, 8, 1, 8, 8, metrics, 0.1) for s in splits],
+        environment={"git_commit": "c" * 40}, timings={"train_s": 1.0, "sample_s": 1.0, "eval_s": 1.0, "total_s": 3.0},
+    )  # fmt: skip
+
+
+def plotted_bars(fig: Any) -> dict[tuple[str, str], float]:
+    """{(panel title, row label): bar length} of a figure of horizontal bars with one shared y axis (its row
+    labels are shown on the first panel), read back from matplotlib."""
+    out = {}
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    for ax in fig.axes:
+        for p in ax.patches:
+            out[(ax.get_title(), labels[round(p.get_y() + p.get_height() / 2)])] = p.get_width()
+    return out
+
+
+def layout_runs() -> list[RunResult]:
+    runs = []
+    for s, (fg, fp, sg_g, sg_p) in enumerate([(20, 30, 0.9, 0.6), (22, 35, 0.8, 0.5), (24, 37, 0.85, 0.7)]):
+        runs.append(scored("lostgan_v2", s, "gt", fg, sg_g, "lostgan_v2"))
+        runs.append(scored("lostgan_v2", s, "pred", fp, sg_p, "lostgan_v2", {"eval.layout": "pred"}))
+        runs.append(scored("sg2im", s, "pred", 100 + s, 0.5, "sg2im"))
+    runs.append(scored("sg2im", 0, "gt", 90, 0.75, "sg2im", {"eval.layout": "gt"}))
+    runs += [scored("layoutdiffusion", s, "gt", 15 + s, 0.9, "layoutdiffusion") for s in (0, 1)]
+    runs.append(scored("sg2im", 0, "pred", 80, 0.5, "sg2im", {"method_cfg.guidance_scale": 2.0}, guidance_scale=2.0))
+    return runs
+
+
+def test_layout_drop_is_mean_pred_minus_mean_gt_and_plotted() -> None:
+    from benchmark.report.ablations import layout_drops
+    from benchmark.report.figures import layout_drop_plot
+
+    metrics = ["fid", "sg_consistency"]
+    # lostgan_v2's checkpoints evaluated once more with boxes from another method's checkpoint (set at evaluation)
+    src = {"eval.layout": "pred", "method_cfg.layout_from": "runs/sg2im/checkpoint.safetensors"}
+    other = [scored("lostgan_v2", s, "pred", 50.0 + s, 0.4, "lostgan_v2", src, layout_from=src["method_cfg.layout_from"])
+             for s in range(3)]  # fmt: skip
+    drops = layout_drops(group_runs(layout_runs() + other), metrics)
+    by = {(d.label, d.metric): d for d in drops}
+    # variants evaluated with one layout are left out when the method has a pair (sg2im's guidance_scale row)
+    assert sorted({d.label for d in drops}) == [
+        "layoutdiffusion", "lostgan_v2", "lostgan_v2 (layout_from=runs/sg2im/checkpoint.safetensors)", "sg2im"
+    ]
+    assert by["lostgan_v2 (layout_from=runs/sg2im/checkpoint.safetensors)", "fid"].drop == pytest.approx(51 - 22)
+    drops = [d for d in drops if "layout_from" not in d.label]
+    lost = by["lostgan_v2", "fid"]
+    assert lost.drop == pytest.approx((30 + 35 + 37) / 3 - (20 + 22 + 24) / 3)  # mean(pred) - mean(gt) = 12
+    assert lost.drop_std == pytest.approx(3**0.5)  # per-seed differences 10, 13, 13: sample std sqrt(3)
+    assert lost.paired_seeds == (0, 1, 2) and lost.gt.n == lost.pred.n == 3 and not lost.higher_is_better
+    assert by["lostgan_v2", "sg_consistency"].drop == pytest.approx(0.6 - 0.85)
+    sg2im = by["sg2im", "fid"]  # gt for seed 0 only: the drop uses every seed's mean, no paired spread
+    assert sg2im.drop == pytest.approx(101 - 90) and sg2im.drop_std is None and sg2im.paired_seeds == (0,)
+    ld = by["layoutdiffusion", "fid"]
+    assert ld.only == "gt" and ld.drop is None and ld.gt.mean == pytest.approx(15.5) and ld.gt.n == 2
+
+    fig = layout_drop_plot(drops, metrics, "drop")
+    bars = plotted_bars(fig)
+    assert bars == {
+        ("test · fid", "lostgan_v2"): pytest.approx(12.0), ("test · fid", "sg2im"): pytest.approx(11.0),
+        ("test · sg_consistency", "lostgan_v2"): pytest.approx(-0.25),
+        ("test · sg_consistency", "sg2im"): pytest.approx(-0.25),
+    }  # fmt: skip
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("gt only (n=2)") == 2 and "+12 ± 1.7 (n=3)" in texts and "+11 (n=1/3)" in texts
+    assert layout_drop_plot(drops, ["clip_score"], "none") is None
+
+
+def guided_runs() -> list[RunResult]:
+    """minilm_ddpm: one checkpoint per seed evaluated unguided, with the box term, the CLIP term, both, and a
+    box weight of 0; plus learned_ddpm, sgdiff, lostgan_v2 (gt), and a row with another setting changed."""
+    g = {"method_cfg.guidance": "scenegenie"}
+    variants = {
+        "none": ({}, 100.0),
+        "box": ({**g, "method_cfg.guidance_box_weight": 1.0}, 90.0),
+        "clip": ({**g, "method_cfg.guidance_clip_weight": 50.0}, 95.0),
+        "box+clip": ({**g, "method_cfg.guidance_box_weight": 1.0, "method_cfg.guidance_clip_weight": 50.0}, 85.0),
+        "w0": ({**g, "method_cfg.guidance_box_weight": 0.0}, 100.5),
+    }
+    runs = []
+    for s in range(3):
+        for changes, fid in variants.values():
+            cfg = {k.split(".", 1)[1]: v for k, v in changes.items()}
+            runs.append(scored("minilm_ddpm", s, "pred", fid + s, 0.5, "ddpm", changes, ("test", "test_unseen"),
+                               text_encoder="minilm", **cfg))  # fmt: skip
+        runs.append(scored("learned_ddpm", s, "pred", 110 + s, 0.4, "ddpm", text_encoder="learned"))
+        runs.append(scored("sgdiff", s, "pred", 70 + s, 0.6, "sgdiff", stage_steps=5))
+        runs.append(scored("lostgan_v2", s, "gt", 40 + s, 0.8, "lostgan_v2"))
+    runs.append(scored("minilm_ddpm", 0, "pred", 1.0, 0.9, "ddpm", {"method_cfg.sample_steps": 5},
+                       text_encoder="minilm", sample_steps=5))  # fmt: skip
+    until = {**g, "method_cfg.guidance_until": 0.5}  # the box weight is the method's default (1) here
+    runs.append(scored("minilm_ddpm", 0, "pred", 2.0, 0.9, "ddpm", until, text_encoder="minilm", guidance="scenegenie",
+                       guidance_box_weight=1.0, guidance_until=0.5))  # fmt: skip
+    return runs
+
+
+def test_guided_and_layout_rows_are_never_averaged_together() -> None:
+    from benchmark.results.leaderboard import runs_csv
+
+    runs = guided_runs()[:2] + layout_runs()[:2]  # minilm_ddpm s0 unguided + box-guided; lostgan_v2 s0 gt + pred
+    groups = [g for g in group_runs(runs) if g.split == "test"]
+    assert len(groups) == 4 and {g.metrics["fid"].n for g in groups} == {1}
+    labels = {(g.method, g.layout, g.variant) for g in groups}
+    assert labels == {
+        ("minilm_ddpm", "pred", ""), ("minilm_ddpm", "pred", "method.guidance=scenegenie, method.guidance_box_weight=1.0"),
+        ("lostgan_v2", "gt", ""), ("lostgan_v2", "pred", ""),
+    }  # fmt: skip
+    tables = {v.title.split(" · ")[3]: v for v in views(groups, 200)}
+    assert set(tables) == {"gt layout", "pred layout"}  # one table per layout
+    assert [r[1] for r in tables["gt layout"].rows] == ["lostgan_v2"]
+    assert [r[1] for r in tables["pred layout"].rows] == ["lostgan_v2", "minilm_ddpm [a]", "minilm_ddpm"]
+    assert "[a] method.guidance=scenegenie, method.guidance_box_weight=1.0" in tables["pred layout"].notes
+    rows = list(csv.DictReader(io.StringIO(mean_std_csv(groups))))
+    got = {(r["method"], r["layout"], r["variant"]): float(r["fid mean (lower)"]) for r in rows}
+    assert got[("minilm_ddpm", "pred", "")] == 100.0 and got[("lostgan_v2", "gt", "")] == 20.0
+    assert got[("minilm_ddpm", "pred", "method.guidance=scenegenie, method.guidance_box_weight=1.0")] == 90.0
+    per_run = [r for r in csv.DictReader(io.StringIO(runs_csv(runs)[0])) if r["split"] == "test"]
+    assert sorted((r["method"], r["layout"], r["variant"], r["fid (lower)"]) for r in per_run) == [
+        ("lostgan_v2", "gt", "", "20.0"), ("lostgan_v2", "pred", "", "30.0"), ("minilm_ddpm", "pred", "", "100.0"),
+        ("minilm_ddpm", "pred", "method.guidance=scenegenie, method.guidance_box_weight=1.0", "90.0"),
+    ]  # fmt: skip
+
+
+def test_encoder_generator_guidance_grid_and_plot() -> None:
+    from benchmark.report.ablations import generator_grid, guidance_of
+    from benchmark.report.figures import generator_grid_plot
+
+    assert guidance_of({}) == ("none", "none")
+    assert guidance_of({"method_cfg.guidance": "scenegenie", "method_cfg.guidance_box_weight": 2}) == ("box", "box w=2")
+    cells, left = generator_grid(group_runs(guided_runs()))
+    assert [(g.method, g.config.get("method_cfg.sample_steps")) for g in left] == [("minilm_ddpm", 5)]
+    test = {c.label: c for c in cells if c.group.split == "test"}
+    assert list(test) == [
+        "ddpm · pred layout · learned", "ddpm · pred layout · minilm",
+        "ddpm · pred layout · minilm, guided: none (weights 0)", "ddpm · pred layout · minilm, guided: box w=1",
+        "ddpm · pred layout · minilm, guided: box w=1, until=0.5", "ddpm · pred layout · minilm, guided: clip w=50",
+        "ddpm · pred layout · minilm, guided: box w=1, clip w=50", "lostgan_v2 · gt layout · none", "sgdiff · pred layout · none",
+    ]  # fmt: skip
+    assert [c.guidance for c in test.values()][1:7] == ["none", "none", "box", "box", "clip", "box+clip"]
+    fig = generator_grid_plot(cells, ["fid", "sg_consistency"], "grid")
+    bars = plotted_bars(fig)
+    assert len(bars) == 9 * 2 + 5 * 2  # test: 9 cells x 2 metrics; test_unseen: the 5 minilm_ddpm cells
+    assert bars["test · fid", "ddpm · pred layout · minilm, guided: box w=1"] == pytest.approx(91.0)  # mean of 90..92
+    assert bars["test_unseen · fid", "ddpm · pred layout · minilm, guided: box w=1, clip w=50"] == pytest.approx(86.0)
+    assert bars["test · sg_consistency", "lostgan_v2 · gt layout · none"] == pytest.approx(0.8)
+    assert bars["test · fid", "ddpm · pred layout · minilm, guided: box w=1, until=0.5"] == 2.0
+    assert "0.8 (n=3)" in " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_report_has_the_layout_drop_and_guidance_figures(tmp_path: Path) -> None:
+    for r in layout_runs() + [r for r in guided_runs() if r.method != "lostgan_v2"]:
+        write_result(r, tmp_path / "results")
+    report = build_report(tmp_path / "results", tmp_path / "out", max_graphs=1, echo=lambda _: None)
+    names = {p.name for p in report.figures}
+    assert {"layout_drop_shapes_quick_32.png", "generator_grid_shapes_quick_32.png"} <= names
+    md = report.markdown.read_text(encoding="utf-8")
+    drop = next(line for line in md.splitlines() if line.startswith("*Drop from ground-truth"))
+    assert "lostgan_v2: 3 gt / 3 pred" in drop and "layoutdiffusion: 2 gt / 0 pred" in drop
+    grid = next(line for line in md.splitlines() if line.startswith("*Text encoder × generator"))
+    assert "n = 1–3 seeds per bar" in grid and "2 other row(s)" in grid  # sample_steps=5, guidance_scale=2
+    assert "| lostgan_v2 | test | fid ↓ | 22 ± 2 (n=3) | 34 ± 3.6 (n=3) | 12 ± 1.7 (n=3) |" in md
+
+
+def test_a_result_from_an_unfinished_stage_is_its_own_unranked_row() -> None:
+    """A checkpoint of a multi-stage method evaluated before its last stage (``stage`` recorded by the trainer,
+    branch sgdiff) is never averaged or ranked with the finished runs of the same config."""
+    if "stage" not in RunResult.model_fields:
+        pytest.skip("the result schema records no training stage here")
+    plan = [{"name": "cgip", "steps": 5}, {"name": "ldm", "steps": 5}]
+    runs = [scored("sgdiff", s, "pred", 70.0 + s, 0.5, "sgdiff") for s in range(2)]
+    runs = [RunResult.parse({**r.to_json(), "stages": plan, "stage": "ldm"}) for r in runs]
+    early = RunResult.parse({**scored("sgdiff", 0, "pred", 300.0, 0.1, "sgdiff").to_json(), "stages": plan,
+                             "stage": "cgip"})  # fmt: skip
+    groups = group_runs([*runs, early])
+    assert sorted((g.variant, g.flags, g.metrics["fid"].mean) for g in groups) == [
+        ("", (), 70.5), ("stage=cgip", ("off-protocol",), 300.0)
+    ]
+
+
+def test_grid_rows_alike_but_for_an_unshown_setting_get_their_config_id() -> None:
+    from benchmark.report.ablations import generator_grid
+
+    runs = [scored("minilm_ddpm", 0, "pred", 100.0, 0.5, "ddpm", text_encoder="minilm"),
+            scored("minilm_ddpm", 0, "pred", 90.0, 0.5, "ddpm", {"method_cfg.text_encoder_weights": "w2"},
+                   text_encoder="minilm", text_encoder_weights="w2")]  # fmt: skip
+    cells, _ = generator_grid(group_runs(runs))
+    assert len({c.label for c in cells}) == 2
+    assert all(c.label == f"ddpm · pred layout · minilm [cfg {c.group.config_id[:6]}]" for c in cells)

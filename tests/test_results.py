@@ -137,7 +137,7 @@ def test_write_rebuild_rows_and_columns(tmp_path: Path) -> None:
     with open(out, newline="") as f:
         header = next(csv.reader(f))
     assert header == [
-        "method", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version", "seed",
+        "method", "variant", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version", "seed",
         "num_graphs", "samples_per_graph", "n_real", "n_generated", "fid (lower)", "object_acc_small (higher)",
         "weights", "git_commit", "created", "run_id",
     ]  # fmt: skip

@@ -7,9 +7,10 @@ Everything is read from the result files (``results/runs/*.json``), the committe
 
 Sections: provenance, the reproduced leaderboard (one ranked table per dataset and split, the tables of
 :mod:`benchmark.results.tables`), per-metric bar charts per dataset, ablations found in the results (text
-encoder by generator, with/without layout, guidance scale, sampler steps against the metrics and the time per
-image), training curves, sample grids, then the published numbers (a separate table, never ranked with the
-reproduced rows) and the list of result files.
+encoder by generator, with/without layout, ground-truth vs predicted layout with each method's drop from one
+to the other, guidance scale, sampler steps against the metrics and the time per image, and the grid text
+encoder x generator family x sampling-time guidance), training curves, sample grids, then the published
+numbers (a separate table, never ranked with the reproduced rows) and the list of result files.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from benchmark.results import (
     group_runs,
     load_reported,
     metric_columns,
+    primary_metrics,
     producer,
     reported_path,
     scan_runs,
@@ -302,6 +304,76 @@ class _Builder:
                 else:
                     fig = category_plot(part, title)
                 self.figure(fig, name, title)
+                if axis.name == "eval_layout":
+                    self._layout_drop([g for g in groups if (g.dataset, g.tier, g.image_size) == (dataset, tier, size)])
+        self.generator_grid(groups)
+
+    def _layout_drop(self, groups: list[SeedGroup]) -> None:
+        """Per method, the change from ground-truth to predicted boxes of the protocol's primary metrics."""
+        from benchmark.report.ablations import layout_drops
+        from benchmark.report.figures import layout_drop_plot
+
+        g0 = groups[0]
+        metrics = primary_metrics(g0.dataset, g0.protocol_variant)
+        drops = layout_drops(groups, metrics)
+        context = f"{g0.dataset} / {g0.tier} / {g0.image_size} px"
+        rows, seeds = [], {}
+        for d in drops:
+            cell = lambda st: f"{fmt_mean_std(st.mean, st.std)} (n={st.n})" if st else "-"  # noqa: E731
+            drop = "-" if d.drop is None else f"{fmt_mean_std(d.drop, d.drop_std)} (n={len(d.paired_seeds)})"
+            rows.append([d.label, d.split, f"{d.metric} {'↑' if d.higher_is_better else '↓'}", cell(d.gt),
+                         cell(d.pred), drop])  # fmt: skip
+            seeds.setdefault(d.label, f"{d.label}: {d.gt.n if d.gt else 0} gt / {d.pred.n if d.pred else 0} pred")
+        self.add(
+            Table(["method", "split", "metric", "gt layout", "pred layout", "pred − gt (paired seeds)"], rows,
+                  f"{context}: the drop from ground-truth to predicted layout", numeric=[False] * 3 + [True] * 3)
+        )  # fmt: skip
+        title = f"Drop from ground-truth to predicted layout: {context}"
+        caption = (
+            f"{title}. Bar = mean(pred) − mean(gt) over seeds of each primary metric; error bar and ± = std over "
+            "the seeds evaluated with both layouts of the per-seed difference (shown with >= 2 such seeds); red = "
+            "worse with the predicted layout. Seeds (n) per method and layout: " + "; ".join(seeds.values()) + "."
+        )
+        self.figure(layout_drop_plot(drops, metrics, title), f"layout_drop_{g0.dataset}_{g0.tier}_{g0.image_size}", caption)
+
+    def generator_grid(self, groups: list[SeedGroup]) -> None:
+        """Text encoder x generator family x sampling-time guidance, one table and figure per context."""
+        from benchmark.report.ablations import generator_grid
+        from benchmark.report.figures import generator_grid_plot
+
+        self.add(Heading(3, "Text encoder × generator × sampling-time guidance"))
+        cells, left = generator_grid(groups)
+        contexts = sorted({(c.group.dataset, c.group.tier, c.group.image_size) for c in cells})
+        if not contexts:
+            self.note("No result rows with only the text encoder or the guidance changed: nothing to compare yet.")
+        for dataset, tier, size in contexts:
+            part = [c for c in cells if (c.group.dataset, c.group.tier, c.group.image_size) == (dataset, tier, size)]
+            g0 = part[0].group
+            metrics = [*primary_metrics(dataset, g0.protocol_variant), "box_recall@0.5"]
+            metrics = [m for m in dict.fromkeys(metrics) if any(m in c.group.metrics for c in part)]
+            context = f"{dataset} / {tier} / {size} px"
+            for split in sorted({c.group.split for c in part}):
+                rows = [
+                    [c.family, c.layout, c.encoder + (f" [cfg {c.tag}]" if c.tag else ""), c.guidance_label,
+                     " ".join(map(str, c.group.seeds)),
+                     *(fmt_mean_std(st.mean, st.std) if (st := c.group.metrics.get(m)) else "" for m in metrics)]
+                    for c in part if c.group.split == split
+                ]  # fmt: skip
+                self.add(
+                    Table(["generator", "layout", "text encoder", "guidance", "seeds", *metrics], rows,
+                          f"{context} / {split}", numeric=[False] * 5 + [True] * len(metrics))
+                )  # fmt: skip
+            ns = sorted({st.n for c in part for m in metrics if (st := c.group.metrics.get(m)) and st.n}) or [0]
+            n_text = f"n = {ns[0]} seed(s) per bar" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds per bar (in each bar's label)"
+            skipped = [g for g in left if (g.dataset, g.tier, g.image_size) == (dataset, tier, size)]
+            title = f"Text encoder × generator × guidance: {context}"
+            caption = (
+                f"{title}. Each method's rows with only the text encoder (method.text_encoder) and the sampling-time "
+                f"guidance (method.guidance and its weights) differing from its tier's defaults, at each layout it was "
+                f"evaluated with; bar = mean over seeds, error bar = std (>= 2 seeds); {n_text}; generator = the "
+                f"method's family. {len(skipped)} other row(s) changed further settings or are unranked: left out."
+            )
+            self.figure(generator_grid_plot(part, metrics, title), f"generator_grid_{dataset}_{tier}_{size}", caption)
 
     @staticmethod
     def _ablation_table(axis: str, series: list[Series], numeric: bool) -> Table:

@@ -14,8 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from benchmark.report.ablations import Series  # noqa: E402
+from benchmark.report.ablations import GUIDANCE_KINDS, Cell, LayoutDrop, Series  # noqa: E402
 from benchmark.results import RunResult, SeedGroup, Stats  # noqa: E402
 
 DPI = 100
@@ -245,3 +246,107 @@ def training_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _finish(fig, title)
+
+
+def _split_metric_grid(splits: Sequence[str], metrics: Sequence[str], labels: Sequence[str]) -> tuple[Figure, Any]:
+    """A row of panels per metric, a column per split, the y axis (one row label per bar) shared; sized so that
+    the figure keeps to about the report's width (~1,000 px) and its text stays legible there."""
+    label_in = 0.3 + 0.062 * max(len(label) for label in labels)
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(splits),
+        figsize=(label_in + 3.3 * len(splits), len(metrics) * (0.85 + 0.27 * len(labels))),
+        squeeze=False,
+        sharey=True,
+    )
+    return fig, [[axes[i][j] for i in range(len(metrics))] for j in range(len(splits))]
+
+
+def layout_drop_plot(drops: Sequence[LayoutDrop], metrics: Sequence[str], title: str) -> Figure | None:
+    """Per method, the change of each metric from ground-truth to predicted boxes: a bar of mean(pred) -
+    mean(gt), error bar = std over seeds of the paired per-seed differences (>= 2 seeds), coloured by whether
+    the predicted layout is worse; a method evaluated with one layout is a grey note ("gt only (n=3)")."""
+    metrics = [m for m in metrics if any(d.metric == m for d in drops)]
+    if not metrics:
+        return None
+    splits = sorted({d.split for d in drops})
+    labels = list(dict.fromkeys(d.label for d in sorted(drops, key=lambda d: (d.only != "", d.label))))
+    fig, axes = _split_metric_grid(splits, metrics, labels)
+    worse_c, better_c = "#c44e52", "#55a868"
+    for i, split in enumerate(splits):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for d in (d for d in drops if d.split == split and d.metric == metric):
+                y = labels.index(d.label)
+                if d.drop is None:
+                    st = d.gt or d.pred
+                    ax.annotate(f"{d.only} only (n={st.n})", (0, y), xytext=(3, 0), textcoords="offset points",
+                                va="center", fontsize=7, color="grey", style="italic")  # fmt: skip
+                    continue
+                worse = d.drop > 0 if not d.higher_is_better else d.drop < 0
+                ax.barh(y, d.drop, height=0.6, color=worse_c if worse else better_c, edgecolor="black", linewidth=0.5)
+                if d.drop_std is not None:
+                    ax.errorbar(d.drop, y, xerr=d.drop_std, fmt="none", ecolor="black", capsize=3)
+                n = f"n={len(d.paired_seeds)}" if d.gt.n == d.pred.n == len(d.paired_seeds) else f"n={d.gt.n}/{d.pred.n}"
+                text = f"{d.drop:+.3g}" + (f" ± {d.drop_std:.2g}" if d.drop_std is not None else "") + f" ({n})"
+                ax.annotate(text, (d.drop / 2, y), xytext=(0, 9), textcoords="offset points", ha="center", va="center",
+                            fontsize=7)  # fmt: skip
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.set_ylim(len(labels) - 0.5, -0.95)
+            ax.set_title(f"{split} · {metric}", fontsize=9)
+            hib = next(d.higher_is_better for d in drops if d.metric == metric)
+            ax.set_xlabel(f"pred − gt ({'< 0' if hib else '> 0'} is worse)", fontsize=8)
+            ax.margins(x=0.3)
+            ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=worse_c, label="worse with predicted layout"), Patch(color=better_c, label="better")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
+    return fig
+
+
+def generator_grid_plot(cells: Sequence[Cell], metrics: Sequence[str], title: str) -> Figure | None:
+    """Encoder x generator x guidance: a horizontal bar per cell (generator family, layout, text encoder,
+    guidance), mean over seeds, error bar = std (>= 2 seeds), colour = guidance; a panel per split and metric."""
+    def value(c: Cell, m: str) -> Stats | None:
+        st = c.group.metrics.get(m)
+        return st if st is not None and st.mean is not None else None
+
+    metrics = [m for m in metrics if any(value(c, m) for c in cells)]
+    if not metrics:
+        return None
+    splits = sorted({c.group.split for c in cells})
+    labels = list(dict.fromkeys(c.label for c in cells))
+    families = {c.label: c.family for c in cells}
+    kinds = sorted({c.guidance for c in cells}, key=lambda k: GUIDANCE_KINDS.index(k) if k in GUIDANCE_KINDS else 9)
+    colors = {k: COLORS[i % len(COLORS)] for i, k in enumerate(kinds)}
+    fig, axes = _split_metric_grid(splits, metrics, labels)
+    for i, split in enumerate(splits):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for c in (c for c in cells if c.group.split == split):
+                st = value(c, metric)
+                if st is None:
+                    continue
+                y = labels.index(c.label)
+                ax.barh(y, st.mean, height=0.7, color=colors[c.guidance], edgecolor="black", linewidth=0.5)
+                if st.std is not None:
+                    ax.errorbar(st.mean, y, xerr=st.std, fmt="none", ecolor="black", capsize=3)
+                ax.annotate(f" {st.mean:.4g} (n={st.n})", (max(st.mean + (st.std or 0.0), 0), y), va="center",
+                            fontsize=7)  # fmt: skip
+            for y in range(1, len(labels)):  # a rule between generator families
+                if families[labels[y]] != families[labels[y - 1]]:
+                    ax.axhline(y - 0.5, color="grey", linewidth=0.6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.set_ylim(len(labels) - 0.5, -0.5)
+            hib = next(c.group.higher[metric] for c in cells if metric in c.group.higher)
+            ax.set_title(f"{split} · {metric}", fontsize=9)
+            ax.set_xlabel(f"{metric} ({direction(hib)})", fontsize=8)
+            ax.margins(x=0.45)
+            ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=colors[k], label=f"guidance: {k}") for k in kinds]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1 - 0.25 / fig.get_figheight()))
+    return fig

@@ -20,6 +20,7 @@ from benchmark.results.groups import (
     metric_columns,
     metric_order,
     rank_groups,
+    run_changes,
     variant_of,
 )
 from benchmark.results.leaderboard import (
@@ -73,5 +74,5 @@ __all__ = [
     "Weight", "align", "build_leaderboard", "downsample_history", "flatten_config", "fmt_mean_std", "format_reported",
     "format_tables", "group_runs", "latest_leaderboard", "load_reported", "load_result", "mean_std_csv",
     "metric_columns", "metric_order", "new_run_id", "primary_metrics", "producer", "rank_groups", "rebuild_leaderboard",
-    "reported_path", "scan_runs", "tier_defaults", "utc_now", "variant_of", "views", "weights_summary", "write_result",
+    "reported_path", "run_changes", "scan_runs", "tier_defaults", "utc_now", "variant_of", "views", "weights_summary", "write_result",
 ]  # fmt: skip

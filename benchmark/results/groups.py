@@ -57,7 +57,8 @@ class SeedGroup:
     """The runs of one configuration that differ only in the seed, for one split and layout.
 
     Key: (method, dataset, tier, split, layout, image size, protocol version and sha256, split version, run
-    flags, the flattened config without :data:`GROUP_IGNORED`). A seed evaluated more than once counts once
+    flags, an unfinished training stage (:func:`unfinished_stage`), the flattened config without
+    :data:`GROUP_IGNORED`). A seed evaluated more than once counts once
     (its latest result). ``metrics[name]`` are the :class:`Stats` over seeds; ``higher[name]`` the metric's
     direction; ``modes[name]`` the implementation recorded with the values.
     """
@@ -148,16 +149,32 @@ def _fmt_value(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def run_changes(r: RunResult) -> dict[str, Any]:
+    """The run's flattened config fields that differ from its tier's defaults: the recorded
+    ``config_changes``, else computed now (empty when the defaults cannot be resolved here)."""
+    if r.config_changes is not None:
+        return r.config_changes
+    return config_changes(r.config, r.method, r.dataset, r.tier, str(r.config.get("protocol", ""))) or {}
+
+
+def unfinished_stage(r: RunResult) -> str:
+    """The training stage of the evaluated checkpoint when it is not the last stage of the run's plan (e.g. an
+    evaluation after the first stage of a multi-stage method); "" otherwise, and for results that record no
+    stages. Read with ``getattr``: the ``stage``/``stages`` fields are optional in the schema."""
+    stage, stages = getattr(r, "stage", None), getattr(r, "stages", None)
+    return stage if stage and stages and stage != stages[-1]["name"] else ""
+
+
 def variant_of(r: RunResult) -> tuple[str, bool]:
     """(label, off-protocol) of a run: ``key=value`` for each config field that differs from the tier's
-    defaults (``method_cfg.`` shown as ``method.``; the recorded ``config_changes``, else computed now), and
-    whether a :data:`BUDGET_KEYS` field is among them."""
-    changes = r.config_changes
-    if changes is None:
-        changes = config_changes(r.config, r.method, r.dataset, r.tier, str(r.config.get("protocol", ""))) or {}
+    defaults (``method_cfg.`` shown as ``method.``; :func:`run_changes`), and whether a :data:`BUDGET_KEYS`
+    field is among them."""
+    changes = run_changes(r)
     differ = [k for k in sorted(changes) if k not in LABEL_IGNORED]
     label = ", ".join(f"{k.replace('method_cfg.', 'method.', 1)}={_fmt_value(changes[k])}" for k in differ)
-    return label, any(k in BUDGET_KEYS for k in differ)
+    if stage := unfinished_stage(r):  # never grouped or ranked with the finished runs of the same config
+        label = ", ".join(filter(None, [f"stage={stage}", label]))
+    return label, any(k in BUDGET_KEYS for k in differ) or bool(stage)
 
 
 def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
@@ -170,7 +187,8 @@ def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
         for ev in r.evaluations:
             key = (
                 r.method, r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],
-                r.protocol["sha256"], r.splits[ev.split]["version"], r.flags, tuple(sorted(cfg.items(), key=lambda kv: kv[0])),
+                r.protocol["sha256"], r.splits[ev.split]["version"], r.flags, unfinished_stage(r),
+                tuple(sorted(cfg.items(), key=lambda kv: kv[0])),
             )  # fmt: skip
             buckets.setdefault(key, {}).setdefault(r.seed, []).append((r, ev))
     groups = []
@@ -193,7 +211,7 @@ def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
                 unavailable[n] = "; ".join(reasons)
             if 0 < metrics[n].n < len(chosen):
                 notes.append(f"{n}: {metrics[n].n} of {len(chosen)} seeds")
-        method, dataset, tier, split, layout, size, pv, _, sv, flags, cfg = key
+        method, dataset, tier, split, layout, size, pv, _, sv, flags, _, cfg = key
         variant, off = variant_of(chosen[-1][0])
         groups.append(SeedGroup(
             method, dataset, tier, split, layout, size, pv, sv, dict(cfg), tuple(r for r, _ in chosen),

@@ -32,13 +32,14 @@ from benchmark.results.groups import (
     metric_order,
     rank_groups,
     table_key,
+    variant_of,
 )
 from benchmark.results.records import RunResult, SplitEvaluation, Weight, load_result, weights_summary
 
 LEADERBOARD = "leaderboard.csv"
 LEADERBOARD_MEAN_STD = "leaderboard_mean_std.csv"
 BASE_COLUMNS = (
-    "method", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version", "seed",
+    "method", "variant", "dataset", "tier", "split", "layout", "image_size", "protocol_version", "split_version", "seed",
     "num_graphs", "samples_per_graph", "n_real", "n_generated",
 )  # fmt: skip
 TAIL_COLUMNS = ("weights", "git_commit", "created", "run_id")
@@ -94,7 +95,9 @@ def _sort_key(r: RunResult, ev: SplitEvaluation) -> tuple[Any, ...]:
 
 
 def runs_csv(ranked: Sequence[RunResult]) -> tuple[str, int]:
-    """``leaderboard.csv``: one row per run and evaluation; metric columns ``<name> (higher|lower)`` by name."""
+    """``leaderboard.csv``: one row per run and evaluation; metric columns ``<name> (higher|lower)`` by name.
+    ``variant`` (the settings that differ from the tier's defaults, as in the tables) tells apart two evaluations
+    of one checkpoint, e.g. with and without sampling-time guidance; ``layout`` says gt or pred boxes."""
     metric_cols = sorted(
         {(name, m.higher_is_better) for r in ranked for ev in r.evaluations for name, m in ev.metrics.items()}
     )
@@ -109,7 +112,7 @@ def runs_csv(ranked: Sequence[RunResult]) -> tuple[str, int]:
             for n, hib in metric_cols
         ]
         writer.writerow([
-            r.method, r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],
+            r.method, variant_of(r)[0], r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],
             r.splits[ev.split]["version"], r.seed, ev.num_graphs, ev.samples_per_graph, ev.n_real, ev.n_generated,
             *metrics, weights_summary(r.weights), str(r.environment.get("git_commit", "unknown"))[:12], r.created,
             r.run_id,

@@ -149,6 +149,7 @@ class ClipEncoder(TextEncoder):
     """OpenCLIP text tower (default ViT-B-32/openai, 512-d, L2-normalised); file, local-dir or random:<model>."""
 
     name: ClassVar[str] = "clip"
+    keep_visual: ClassVar[bool] = False  # True keeps the image tower (sampling-time CLIP guidance needs it)
 
     def __init__(self, weights: str = "", device: str | torch.device = "cpu") -> None:
         super().__init__(weights, device)
@@ -319,7 +320,8 @@ class ClipEncoder(TextEncoder):
                     f"clip: open_clip could not load {self.checkpoint} into {self.model_name} "
                     f"({type(e).__name__}: {str(e)[:300]}). {HELP}"
                 ) from None
-        model.visual = None  # only the text tower is used; frees the image tower's memory
+        if not self.keep_visual:
+            model.visual = None  # only the text tower is used; frees the image tower's memory
         self._model = model.to(self.device).eval()
         self._tokenizer = open_clip.get_tokenizer(self.model_name)
 

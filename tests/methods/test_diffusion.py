@@ -251,3 +251,32 @@ def test_norm_groups_is_adm_32_for_multiples_of_32_and_a_fallback_only_below(cha
     assert norm_groups(channels) == groups
     gn = normalization(channels)
     assert (gn.num_groups, gn.num_channels) == (groups, channels)
+
+
+def test_named_schedules_follow_adm_and_ldm():
+    from methods.diffusion import named_betas
+
+    T = 1000
+    lin = named_betas("linear", T)  # improved_diffusion get_named_beta_schedule("linear")
+    assert lin[0] == pytest.approx(1e-4) and lin[-1] == pytest.approx(0.02) and np.all(np.diff(lin) > 0)
+    assert named_betas("linear", 250)[-1] == pytest.approx(0.08)  # scaled by 1000 / T
+    ldm = named_betas("ldm_linear", T)  # ldm make_beta_schedule("linear", 0.0015, 0.0195)
+    assert ldm[0] == pytest.approx(0.0015) and ldm[-1] == pytest.approx(0.0195)
+    assert np.allclose(np.sqrt(ldm), np.linspace(0.0015**0.5, 0.0195**0.5, T))
+    with pytest.raises(ValueError, match="noise schedule"):
+        named_betas("quadratic", T)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "ldm_linear"])
+def test_samplers_and_diffusion_share_a_non_cosine_schedule(schedule):
+    from methods.diffusion import named_betas
+
+    T = 50
+    d = GaussianDiffusion(T, schedule=schedule)
+    assert np.allclose(d.alphas_cumprod.numpy(), np.cumprod(1 - named_betas(schedule, T)))
+    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+        sched = make_scheduler(sampler, T, 10, schedule)
+        assert np.allclose(sched.alphas_cumprod.double().numpy(), d.alphas_cumprod.numpy(), rtol=1e-5)
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        x = sample_loop(lambda x, t: _toy_model(x, t, -1.0), (3, 4, 4), gens, sampler, 10, T, schedule=schedule)
+        assert x.shape == (2, 3, 4, 4) and torch.isfinite(x).all()
