@@ -365,21 +365,22 @@ _SMOKE = {
     "method.ema_decay": 0.99,
     "method.sample_steps": 4,
 }
-# quick: measured on the shared 2-core machine (OMP_NUM_THREADS=1, other jobs running: load average 5-6; batch 32,
-# 32 px shapes; /tmp timing scripts over 20-300 steps): autoencoder 0.17 s/step (L1 0.12 -> 0.067 over 300 steps),
-# CGIP 0.17 s/step (contrastive 3.48 = ln 32 -> 3.08 after 60 steps), LDM 0.33 s/step (UNet 1.2M parameters on
-# 8 x 8 x 4 latents), DDIM sampling 8.4 s per 64 images x 50 steps. 300 + 200 + 1,200 steps ~ 51 + 34 + 400 s
-# there (~8 minutes; about 5 on 2 free cores), and 512 samples ~ 70 s.
+# quick: sized from benchmarks/test_bench_sgdiff.py (one train_step per stage at batch 32, 32 px shapes; 50-step
+# DDIM for 64 images), OMP_NUM_THREADS=1 on the shared 2-core machine at load average ~3: autoencoder 0.072 s/step,
+# CGIP 0.055 s/step, LDM 0.105 s/step (UNet 1.2M parameters on 8 x 8 x 4 latents), sampling 2.6 s per 64 images.
+# 400 + 300 + 2,400 steps ~ 29 + 17 + 252 s = 5.0 minutes, and 512 samples ~ 21 s. (At load ~6 every figure was
+# ~3x larger; with 2 threads on the busy machine the LDM step took 9 s: thread oversubscription, not the model.)
+# Learning curves over 300 autoencoder steps: L1 0.12 -> 0.067; over 60 CGIP steps: contrastive 3.48 (ln 32) -> 3.08.
 _QUICK = {
     **_CPU,
     "method.embed_dim": 64,
     "method.gconv_width": 128,
     "method.gconv_layers": 3,
-    "method.cgip_steps": 200,
-    "method.cgip_warmup": 20,
+    "method.cgip_steps": 300,
+    "method.cgip_warmup": 30,
     "method.mim_heads": 4,
     "method.mim_head_dim": 16,
-    "method.autoencoder_steps": 300,
+    "method.autoencoder_steps": 400,
     "method.ae_channels": 16,
     "method.model_channels": 32,
     "method.channel_mult": (1, 2, 2),
@@ -389,7 +390,7 @@ _QUICK = {
     "method.learning_rate": 1e-3,
     "method.ema_decay": 0.999,
     "method.sample_steps": 50,
-    "train.steps": 1200,
+    "train.steps": 2400,
 }
 
 
