@@ -70,6 +70,11 @@ Deviations, each with its reason:
   token width (released ``context_dim`` 512 = the global vector's width).
 - ``train.steps`` is the LDM stage's length (as for every other generator); the first stages' lengths are
   ``method.autoencoder_steps`` and ``method.cgip_steps``.
+
+SceneGenie guidance (``--set method.guidance=scenegenie``, :mod:`methods.guidance`) applies to the latent sampler:
+SGDiff predicts no boxes, so ``method.guidance_boxes_from`` names a layout predictor's checkpoint (as SceneGenie's
+released pipeline reads SG2Im-CLIP boxes); the box term reads each object's first triple token's attention, the
+CLIP term the decoded ``x0``. Not in the released SGDiff (an addition for the guidance ablation, off by default).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,15 +97,17 @@ from benchmark.nn.graph import GraphTripleConv, GraphTripleConvNet
 from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN
 from methods.diffusion import ema_decay, ema_update, mean_flat
-from methods.unet import UNetModel, normalization
+from methods.guidance import GuidanceConfig, GuidanceInputs, SceneGenieGuidance, graph_captions
+from methods.unet import UNetModel, normalization, record_cross_attention
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
-class SGDiffConfig:
-    """Defaults are the ``full`` tier (``config_vg.yaml`` and the CGIP defaults of ``training/configs.py``)."""
+class SGDiffConfig(GuidanceConfig):
+    """Defaults are the ``full`` tier (``config_vg.yaml`` and the CGIP defaults of ``training/configs.py``);
+    SceneGenie's sampling-time guidance fields (``guidance*``, off) from :class:`methods.guidance.GuidanceConfig`."""
 
     # CGIP scene-graph encoder
     embed_dim: int = 512
@@ -139,6 +147,9 @@ class SGDiffConfig:
     ema_decay: float = 0.9999
     sample_steps: int = 200  # DDIM (testset_ddim_sampler.py)
     ddim_eta: float = 1.0
+    # SceneGenie guidance needs boxes, which SGDiff does not predict: as SceneGenie's released pipeline (boxes from
+    # an SG2Im-CLIP layout predictor), they come from a suite checkpoint with predict_boxes (sg2im*, *_ddpm).
+    guidance_boxes_from: str = ""
 
 
 def ldm_betas(num_timesteps: int, start: float, end: float) -> np.ndarray:
@@ -446,6 +457,15 @@ class SGDiff(Method):
         self.register_buffer("sqrt_1m_abar", torch.from_numpy(np.sqrt(1.0 - abar)), persistent=False)
         self.image_obj = info.vocab.object_name_to_idx.get(IMAGE_TOKEN, -1)
         self.stage: str | None = None
+        self.scenegenie = SceneGenieGuidance.from_config(cfg)
+        if self.scenegenie is not None and not cfg.guidance_boxes_from:
+            raise ValueError(
+                "method.guidance_boxes_from: SceneGenie guidance of sgdiff needs the boxes of a layout predictor "
+                "(a suite checkpoint of sg2im*/*_ddpm, as SceneGenie's SG2Im-CLIP boxes); sgdiff predicts none"
+            )
+        if self.scenegenie is not None and not Path(cfg.guidance_boxes_from).is_file():
+            raise ValueError(f"method.guidance_boxes_from: {cfg.guidance_boxes_from} is not a file")
+        self._guide_boxes: Any = None
 
     # -- stages ----------------------------------------------------------------------------------------------
 
@@ -511,8 +531,45 @@ class SGDiff(Method):
             self._clip = side
         return self._clip
 
+    def guide_boxes(self) -> Any:
+        """The box source of SceneGenie guidance (``method.guidance_boxes_from``), loaded once."""
+        if self._guide_boxes is None:
+            from benchmark.nn.layout_predictor import load_box_source
+
+            self._guide_boxes = load_box_source(self.cfg.guidance_boxes_from)
+            self._guide_boxes.check(self.info)
+        return self._guide_boxes
+
+    def guidance_inputs(self, batch: SceneGraphBatch, generator: list[torch.Generator]) -> GuidanceInputs:
+        """SceneGenie's targets for sgdiff. Boxes from ``guidance_boxes_from``; an object's attention column is
+        its first triple token (the local tokens are ``[s, p, o]`` triples, so that token carries the object's
+        vector): objects in no kept triple are not guided by the box term."""
+        from benchmark.nn.layout_predictor import usable_boxes
+
+        boxes = usable_boxes(self.guide_boxes()(batch, [torch.Generator().manual_seed(g.initial_seed())
+                                                        for g in generator]).to(batch.objs.device))  # fmt: skip
+        n, cap = batch.num_images, self.cfg.max_triples
+        first = torch.zeros(n + 1, dtype=torch.long, device=batch.objs.device)
+        first[1:] = torch.bincount(batch.triple_to_img, minlength=n).cumsum(0)
+        slot = torch.arange(batch.triples.shape[0], device=batch.objs.device) - first[batch.triple_to_img]
+        token_index = torch.full_like(batch.objs, -1)
+        for (s_, _, o_), k in zip(batch.triples.tolist(), slot.tolist()):
+            for obj in (s_, o_):
+                if k < cap and token_index[obj] < 0:
+                    token_index[obj] = k
+        include = (token_index >= 0) & (batch.objs != self.image_obj)
+        obj_ph = self.info.phrases or self.info.vocab.object_idx_to_name
+        pred_ph = self.info.pred_phrases or self.info.vocab.pred_idx_to_name
+        return GuidanceInputs(
+            boxes=boxes.float(), obj_to_img=batch.obj_to_img, token_index=token_index.clamp(min=0), include=include,
+            captions=graph_captions(batch, obj_ph, pred_ph, self.image_obj),
+            phrases=[obj_ph[i] for i in batch.objs.tolist()], generators=list(generator),
+        )  # fmt: skip
+
     def weight_provenance(self) -> list[WeightProvenance]:
         out: list[WeightProvenance] = []
+        if self.scenegenie is not None:
+            out += [self.guide_boxes().provenance, *self.scenegenie.provenance()]
         if self.cfg.first_stage == "vq_f8":
             out.append(self._first_stage().provenance)
         if self.cfg.image_encoder == "clip":
@@ -650,8 +707,16 @@ class SGDiff(Method):
         dev = batch.objs.device
         z = randn_tensor((n, *shape), generator=generator, device=dev, dtype=torch.float32)
         sched = self.scheduler()
+        unet = self.ema["unet"]
+        model_fn = lambda z_t, t_: unet(z_t, t_.float(), None, tokens, tmask).float()  # noqa: E731
+        if self.scenegenie is not None:
+            model_fn = self.scenegenie.wrap(
+                model_fn, self.sqrt_abar.double() ** 2, self.guidance_inputs(batch, generator),
+                record_attention=lambda: record_cross_attention(unet), channels=shape[0],
+                decode=self.decode_latents,
+            )  # fmt: skip
         for t in sched.timesteps:
-            tt = torch.full((n,), float(int(t)), device=dev)
-            eps = self.ema["unet"](z, tt, None, tokens, tmask).float()
+            tt = torch.full((n,), int(t), device=dev, dtype=torch.long)
+            eps = model_fn(z, tt)
             z = sched.step(eps, t, z, eta=self.cfg.ddim_eta, generator=generator).prev_sample
         return ((self.decode_latents(z) + 1) / 2).clamp(0, 1).float()

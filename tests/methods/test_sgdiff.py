@@ -224,3 +224,44 @@ def test_the_result_records_the_stages(tmp_path, monkeypatch):
     res = load_result(path)
     assert res.stage == "ldm"
     assert res.stages == [{"name": "autoencoder", "steps": 2}, {"name": "cgip", "steps": 3}, {"name": "ldm", "steps": 3}]
+
+
+# -- SceneGenie guidance (methods/guidance.py) with boxes from a layout predictor's checkpoint ----------------
+
+
+@pytest.fixture(scope="module")
+def guidance_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sgdiff_guidance")
+    boxes = train(build_run_config("sg2im", "shapes", "smoke", seed=0, device="cpu"), root / "sg2im", progress=False)
+    out = train(_smoke_cfg(**STAGE_SETS), root / "sgdiff", progress=False)
+    return out, boxes.checkpoint
+
+
+def _with(out, **fields):
+    m = sgd.SGDiff(replace(out.method.cfg, **fields), out.method.info)
+    m.load_state_dict(out.method.state_dict())
+    return m.eval()
+
+
+def test_guidance_needs_the_boxes_of_a_layout_predictor(guidance_setup):
+    out, _ = guidance_setup
+    with pytest.raises(ValueError, match="method.guidance_boxes_from"):
+        _with(out, guidance="scenegenie")
+
+
+def test_guidance_weight_zero_is_unguided_and_the_box_term_guides_deterministically(guidance_setup, shapes):
+    from benchmark.seeding import sample_generators
+
+    out, box_ckpt = guidance_setup
+    ds, _ = shapes
+    batch = collate([ds[i] for i in range(2)])
+    g = lambda: sample_generators(0, "test", [0, 1], 0)  # noqa: E731
+    plain = out.method.sample(batch, g())
+    zero = _with(out, guidance="scenegenie", guidance_box_weight=0.0, guidance_boxes_from=str(box_ckpt))
+    assert torch.equal(zero.sample(batch, g()), plain)
+    guided = _with(out, guidance="scenegenie", guidance_box_weight=1e4, guidance_boxes_from=str(box_ckpt))
+    inputs = guided.guidance_inputs(batch, g())
+    assert bool(inputs.include.any()) and not bool(inputs.include[batch.objs == guided.image_obj].any())
+    x = guided.sample(batch, g())
+    assert not torch.equal(x, plain) and torch.equal(x, guided.sample(batch, g()))
+    assert any(p.name == "layout_from" for p in guided.weight_provenance())
