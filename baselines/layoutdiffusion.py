@@ -102,7 +102,7 @@ from benchmark.registry import register
 from benchmark.scene_graph import IMAGE_TOKEN
 from methods.diffusion import SAMPLERS, GaussianDiffusion, ema_decay, ema_update, named_betas, sample_loop
 from methods.guidance import GuidanceConfig, GuidanceInputs, SceneGenieGuidance, graph_captions
-from methods.sg_diffusion import SIGMA_DATA
+from methods.sg_diffusion import eps_skip_output
 from methods.unet import AttentionBlock, UNetModel, normalization, record_cross_attention
 
 # Released per-size settings (configs/COCO-stuff_{128x128,256x256}/LayoutDiffusion_large.yaml).
@@ -311,12 +311,7 @@ class LayoutDiffusionUNet(nn.Module):
         """x_t [B, 3, H, W], t [B] int64 -> [B, 6, H, W] (eps, v). With ``eps_skip`` the eps channels are
         ``c_skip x_t + c_out F`` as ``SGDenoiser.forward`` (the linear MMSE estimate of eps plus a learned rest)."""
         out = self.unet(x_t, t.float() * self.time_scale, tokens.content[:, 0], tokens, tokens.mask)
-        if not self.eps_skip:
-            return out
-        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(out.dtype)
-        s2 = ab * SIGMA_DATA**2 + 1 - ab
-        eps = (1 - ab).sqrt() / s2 * x_t.to(out.dtype) + (ab / s2).sqrt() * SIGMA_DATA * out[:, :3]
-        return torch.cat([eps, out[:, 3:]], dim=1)
+        return eps_skip_output(out, x_t, self.alphas_cumprod[t]) if self.eps_skip else out
 
 
 @register("method", "layoutdiffusion")

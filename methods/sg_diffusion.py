@@ -164,6 +164,16 @@ class Condition:
         )
 
 
+def eps_skip_output(out: Tensor, x_t: Tensor, abar_t: Tensor) -> Tensor:
+    """``out [B, 2C, H, W]`` with its eps channels ``F`` replaced by ``c_skip x_t + c_out F`` (see
+    :meth:`SGDenoiser.forward`); ``abar_t [B]`` the step's alpha-bar."""
+    c = x_t.shape[1]
+    ab = abar_t.view(-1, 1, 1, 1).to(out.dtype)
+    s2 = ab * SIGMA_DATA**2 + 1 - ab
+    eps = (1 - ab).sqrt() / s2 * x_t.to(out.dtype) + (ab / s2).sqrt() * SIGMA_DATA * out[:, :c]
+    return torch.cat([eps, out[:, c:]], dim=1)
+
+
 def combine_guidance(cond_out: Tensor, null_out: Tensor, scale: float) -> Tensor:
     """``[eps_n + s (eps_c - eps_n), v_c]`` from conditional / null outputs ``[B, 2C, H, W]`` (GLIDE keeps v_c)."""
     c = cond_out.shape[1] // 2
@@ -366,12 +376,7 @@ class SGDenoiser(nn.Module):
         """
         h = x_t if cond.layout is None else torch.cat([x_t, cond.layout.to(x_t.dtype)], dim=1)
         out = self.unet(h, t.float() * self.time_scale, cond.glob, cond.tokens, cond.token_mask)
-        if not self.eps_skip:
-            return out
-        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(out.dtype)
-        s2 = ab * SIGMA_DATA**2 + 1 - ab
-        eps = (1 - ab).sqrt() / s2 * x_t.to(out.dtype) + (ab / s2).sqrt() * SIGMA_DATA * out[:, :3]
-        return torch.cat([eps, out[:, 3:]], dim=1)
+        return eps_skip_output(out, x_t, self.alphas_cumprod[t]) if self.eps_skip else out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,21 +26,7 @@ from benchmark.nn.layout_predictor import usable_boxes
 from benchmark.results import load_result
 from benchmark.run import run
 from benchmark.seeding import sample_generators
-from benchmark.train import build_dataset, dataset_info, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    ds = build_dataset("shapes", "train", 32)
-    return ds, dataset_info(ds, "test")
+from benchmark.train import build_dataset, train
 
 
 def _cfg(**kw) -> LayoutDiffusionConfig:

@@ -24,22 +24,7 @@ from benchmark.config import build_run_config
 from benchmark.nn.layout_predictor import usable_boxes
 from benchmark.protocol import load_protocol
 from benchmark.seeding import sample_generators
-from benchmark.train import build_dataset, dataset_info, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to OpenMP spin-waits on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    ds = build_dataset("shapes", "train", 32)
-    return ds, dataset_info(ds, "test")
+from benchmark.train import train
 
 
 def _method(info, seed: int = 0, **kw) -> LostGanV2:

@@ -33,21 +33,6 @@ DATASETS = registry.names(
 SG2IM_METHODS = [m for m in registry.names("method") if m.startswith("sg2im")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to OpenMP spin-waits on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    ds = build_dataset("shapes", "train", 32)
-    return ds, dataset_info(ds, "test")
-
-
 def _tiny(**kw) -> Sg2ImConfig:
     base = {k.removeprefix("method."): v for k, v in Sg2Im.tier_overrides["smoke"].items()}
     return dataclasses.replace(Sg2ImConfig(), **{**base, **kw})
