@@ -180,10 +180,23 @@ def variant_of(r: RunResult) -> tuple[str, bool]:
 def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
     """Group evaluations over seeds (see :class:`SeedGroup`); random-init runs are never grouped (never shown)."""
     buckets: dict[tuple[Any, ...], dict[int, list[tuple[RunResult, SplitEvaluation]]]] = {}
+    # Config fields added after a result was written are missing from it. A field that some runs of a
+    # (method, dataset, tier) lack is compared only where a run recorded it as a change from the tier's defaults,
+    # so a result written before the field existed groups with a newer run that keeps the field's default.
+    common: dict[tuple[str, str, str], set[str]] = {}
+    for r in runs:
+        fam = (r.method, r.dataset, r.tier)
+        keys = set(flatten_config(r.config))
+        common[fam] = common[fam] & keys if fam in common else keys
     for r in runs:
         if r.random_init:
             continue
-        cfg = {k: v for k, v in flatten_config(r.config).items() if k not in GROUP_IGNORED}
+        changed = set(r.config_changes or ())
+        shared = common[(r.method, r.dataset, r.tier)]
+        cfg = {
+            k: v for k, v in flatten_config(r.config).items()
+            if k not in GROUP_IGNORED and (k in shared or k in changed)
+        }  # fmt: skip
         for ev in r.evaluations:
             key = (
                 r.method, r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],

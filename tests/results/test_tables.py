@@ -129,3 +129,13 @@ def test_leaderboard_of_the_committed_results_fits_120_columns(
     assert out.index("fid ↓") < out.index("object_acc_small ↑")
     # the committed per-run CSV is what the committed run files rebuild to
     assert (tmp_path / "results" / "leaderboard.csv").read_text() == (REPO / "results" / "leaderboard.csv").read_text()
+
+
+def test_a_result_written_before_a_field_existed_groups_with_the_fields_default() -> None:
+    new = run(seed=1, fid=110.0).model_copy(update={"config_changes": {}})
+    old_cfg = nested({k: v for k, v in {**DEFAULTS, "seed": 0}.items() if not k.startswith("method_cfg.guidance_")})
+    old = run(seed=0).model_copy(update={"config": old_cfg, "config_changes": None})
+    changed = {"method_cfg.guidance": "scenegenie"}
+    guided = run(seed=0, **changed).model_copy(update={"config_changes": changed})
+    groups = group_runs([old, new, guided])
+    assert sorted((g.seeds, g.variant) for g in groups) == [((0,), "method.guidance=scenegenie"), ((0, 1), "")]
