@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmark import registry
 from benchmark.results import SeedGroup, Stats
+from benchmark.results.metadata import flatten_config
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,8 @@ def generator_grid(groups: Sequence[SeedGroup]) -> tuple[list[Cell], list[SeedGr
         if other or g.flags:
             left.append(g)
             continue
-        kind, label = guidance_of(g.config)
+        # the latest run's whole config: a weight kept at its default is not among the group's compared fields
+        kind, label = guidance_of({**flatten_config(g.runs[-1].config), **g.config})
         extra = [f"{k.removeprefix('method_cfg.guidance_')}={v}" for k, v in sorted(changes.items())
                  if is_guidance_field(k) and k not in GUIDANCE_TERMS]  # e.g. cutouts=8, until=0.5
         if extra and kind != "none":

@@ -224,9 +224,7 @@ def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
                 unavailable[n] = "; ".join(reasons)
             if 0 < metrics[n].n < len(chosen):
                 notes.append(f"{n}: {metrics[n].n} of {len(chosen)} seeds")
-        method, dataset, tier, split, layout, size, pv, _, sv, flags, _, _ = key
-        # The group's config: the latest run's whole config (the key compares only the fields all runs record).
-        cfg = {k: v for k, v in flatten_config(chosen[-1][0].config).items() if k not in GROUP_IGNORED}
+        method, dataset, tier, split, layout, size, pv, _, sv, flags, _, cfg = key
         variant, off = variant_of(chosen[-1][0])
         groups.append(SeedGroup(
             method, dataset, tier, split, layout, size, pv, sv, dict(cfg), tuple(r for r, _ in chosen),
