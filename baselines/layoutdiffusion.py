@@ -400,12 +400,7 @@ class LayoutDiffusion(Method):
         if self.box_net is None:
             boxes = self.box_source()(batch, generator).to(batch.boxes.device)
         else:
-            was = self.box_net.training
-            self.box_net.eval()
-            try:
-                boxes = self.box_net(batch)
-            finally:
-                self.box_net.train(was)
+            boxes = self.box_net.predict(batch)
         boxes = usable_boxes(boxes.float())
         img = (batch.objs == self.image_obj)[:, None]
         return torch.where(img, boxes.new_tensor([0.0, 0.0, 1.0, 1.0]), boxes)

@@ -615,12 +615,7 @@ class LostGanV2(Method):
                 gens = generator or [torch.Generator().manual_seed(i) for i in range(batch.num_images)]
                 boxes = self._source(batch.objs.device)(batch, gens)
             else:
-                was = self.layout_predictor.training
-                self.layout_predictor.eval()
-                try:
-                    boxes = self.layout_predictor(batch)
-                finally:
-                    self.layout_predictor.train(was)
+                boxes = self.layout_predictor.predict(batch)
             return usable_boxes(boxes).to(batch.boxes.dtype)
 
     def layout(self, batch: SceneGraphBatch, generator: list[torch.Generator] | None, layout: str) -> Tensor:

@@ -64,6 +64,16 @@ class GraphBoxPredictor(nn.Module):
             obj, pred = self.gconv_net(obj, pred, edges)
         return self.box_net(obj)
 
+    @torch.no_grad()
+    def predict(self, batch: SceneGraphBatch) -> Tensor:
+        """Boxes ``[O, 4]`` in eval mode, without autograd (the module's train/eval mode is restored)."""
+        was = self.training
+        self.eval()
+        try:
+            return self(batch)
+        finally:
+            self.train(was)
+
     def known(self, batch: SceneGraphBatch) -> Tensor:
         """Objects ``[O]`` (bool) with a ground-truth box, ``__image__`` excluded: the rows of the loss."""
         known = batch.objs != self.image_obj
