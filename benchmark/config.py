@@ -178,8 +178,13 @@ def build_run_config(
     device: str = "auto",
     sets: dict[str, Any] | None = None,
     protocol: str = "",
+    protocol_version: str = "",
 ) -> RunConfig:
-    """Resolve the full configuration of one (method, dataset, tier) run."""
+    """Resolve the full configuration of one (method, dataset, tier) run.
+
+    ``protocol_version``: resolve the tier as it was under that earlier version of the protocol (the method's
+    ``tier_history`` entry for it, when it has one; the protocol file's own tier settings are the current ones).
+    """
     from benchmark import registry
 
     if tier not in TIERS:
@@ -189,6 +194,9 @@ def build_run_config(
         raise registry.unknown("dataset", dataset)
     proto = load_protocol(dataset, protocol)
     settings = tier_settings(proto, tier)
+    overrides = method_cls.tier_overrides.get(tier, {})
+    if protocol_version and protocol_version != proto["version"]:
+        overrides = method_cls.tier_history.get(protocol_version, {}).get(tier, overrides)
     base = RunConfig(
         method=method, dataset=dataset, method_cfg=method_cls.Config(), tier=tier, seed=seed, device=device,
         protocol=protocol,
@@ -196,7 +204,7 @@ def build_run_config(
     layers = [
         _flatten(settings),
         {"eval.splits": tuple(proto["eval_splits"]), "eval.metrics": tuple(proto["metrics"])},
-        {k.replace("method.", "method_cfg.", 1): v for k, v in method_cls.tier_overrides.get(tier, {}).items()},
+        {k.replace("method.", "method_cfg.", 1): v for k, v in overrides.items()},
         {k.replace("method.", "method_cfg.", 1): v for k, v in (sets or {}).items()},
     ]
     cfg = base

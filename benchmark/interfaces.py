@@ -90,12 +90,15 @@ class Method(nn.Module, abc.ABC):
     """A scene-graph-to-image generator. Subclasses register with ``@register("method", name)``.
 
     ``Config`` is a frozen dataclass; ``tier_overrides[tier]`` maps dotted keys (``method.x``, ``train.steps``)
-    to values applied before the user's ``--set``. A method owns its optimizers: ``train_step`` does the
-    forward, backward and update for one batch (GANs alternate several networks).
+    to values applied before the user's ``--set``. ``tier_history[version][tier]`` keeps the overrides a tier had
+    under an earlier protocol version, so a result written then is labelled against the recipe it ran with.
+    A method owns its optimizers: ``train_step`` does the forward, backward and update for one batch (GANs
+    alternate several networks).
     """
 
     Config: ClassVar[type]
     tier_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    tier_history: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     trainable: ClassVar[bool] = True
     # The GPU path (benchmark/accel.py): submodules that ``train.compile`` compiles, and whether ``train_step``
     # splits its batch into ``self.grad_accum`` micro-batches (``train.grad_accum``) for one optimiser step.

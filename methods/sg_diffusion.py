@@ -42,7 +42,9 @@ Tiers: ``full`` (the Config defaults) is ADM-64 scale for a GPU (192 ch, 3 block
 LayoutDiffusion; 299M UNet parameters); ``--set image_size=128`` picks ADM-128's ``channel_mult``
 (1, 1, 2, 3, 4) (LayoutDiffusion-128 also sets ``method.model_channels=256 method.num_res_blocks=2``).
 ``quick`` is a 0.79M-parameter UNet (1.1M with the graph encoder) that trains 1,500 steps of batch 32 on 2 CPU
-cores in about ten minutes and samples with 50 respaced DDPM steps. It turns on ``eps_skip`` (EDM-style
+cores in about ten minutes and samples with 50 respaced DDPM steps (recipe of protocol 1.2 at ``_QUICK``: low-noise
+steps drawn more often, ``timestep_power=2``, two Tweedie passes at t = 0 on the sample, ``final_denoise=2``, no
+condition dropout, lr 2e-3). It turns on ``eps_skip`` (EDM-style
 preconditioning of the eps output, see :meth:`SGDenoiser.forward`): with the plain eps output the x_0 implied
 at high noise, ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``, stays far off on this budget (after 400 steps, x_0
 MSE 1.15 at t = 999 and 0.39 at t = 900; with the skip 0.14 and 0.10), which shows as colour casts and blobs
@@ -52,6 +54,8 @@ in the samples (FID 250 -> 152 after 1,500 steps). ``smoke`` (0.2M) is for tests
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -109,11 +113,13 @@ class SGDiffusionConfig(GuidanceConfig):
     sampler: str = "dpmsolver++"  # ddpm (respaced, learned variance) | ddim | dpmsolver++
     sample_steps: int = 25  # LayoutDiffusion: 25 DPM-Solver steps
     ddim_eta: float = 0.0
+    final_denoise: int = 0  # extra x0-predictions at t = 0 on the sampler's output (0 = none, ADM)
     # optimisation (ADM: AdamW lr 1e-4, no weight decay, EMA 0.9999)
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     grad_clip: float = 0.0  # max gradient norm; 0 = off (ADM does not clip)
+    timestep_power: float = 1.0  # training t = floor(T u^p), u ~ U[0, 1): 1 = uniform (ADM); > 1 favours low noise
     # activation checkpointing of the UNet blocks (recompute in backward: memory for time; exact).
     # None: on at >= 128 px (the ADM-128/256 configurations), off below.
     activation_checkpointing: bool | None = None
@@ -399,7 +405,7 @@ _SMOKE = {
     "method.learning_rate": 1e-3,
     "method.ema_decay": 0.99,
 }
-_QUICK = {
+_QUICK_1_1 = {  # the quick tier of protocol 1.1 (results written then are labelled against it)
     "method.embed_dim": 64,
     "method.gcn_hidden_dim": 128,
     "method.gcn_layers": 3,
@@ -417,6 +423,21 @@ _QUICK = {
     "method.learning_rate": 1e-3,
     "method.ema_decay": 0.999,
     "method.grad_clip": 1.0,
+}
+# Protocol 1.2 (issue #13). At 32 px FID is dominated by pixel grain: real test images plus N(0, 2/255) noise
+# score FID 92 against the test set, and the 1.1 samples' background has a per-pixel std of 3 levels. The grain
+# is what the model leaves at the last, low-noise steps, so the recipe spends training on them (t ~ T u^2: 14%
+# of the draws at t < 20 instead of 2%) and denoises the sample twice more at t = 0; condition dropout is off
+# (the quick tier samples at guidance scale 1, so the null condition was 20% of the batch for nothing) and the
+# learning rate is 2e-3. One seed, 256 test graphs: FID 108.7 (1.1) -> 72.9 (these training changes) -> 66.9
+# (final_denoise=2); Min-SNR-5 weighting (Hang et al. 2023), which moves weight away from the low-noise steps,
+# gave 190.
+_QUICK = {
+    **_QUICK_1_1,
+    "method.cond_drop_prob": 0.0,
+    "method.learning_rate": 2e-3,
+    "method.timestep_power": 2.0,
+    "method.final_denoise": 2,
 }
 
 
@@ -448,6 +469,7 @@ class SGDiffusion(Method):
 
     Config = SGDiffusionConfig
     tier_overrides = {"smoke": _SMOKE, "quick": _QUICK, "full": {}}
+    tier_history = {"1.1": {"quick": _QUICK_1_1}}
     compile_targets = ("net.unet",)
     supports_grad_accum = True
 
@@ -461,6 +483,10 @@ class SGDiffusion(Method):
             )
         if not 0.0 <= cfg.cond_drop_prob < 1.0:
             raise ValueError(f"method.cond_drop_prob must be in [0, 1), got {cfg.cond_drop_prob}")
+        if not cfg.timestep_power > 0:
+            raise ValueError(f"method.timestep_power must be > 0, got {cfg.timestep_power}")
+        if cfg.final_denoise < 0:
+            raise ValueError(f"method.final_denoise must be >= 0, got {cfg.final_denoise}")
         self.net = SGDenoiser(cfg, info)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
@@ -536,7 +562,11 @@ class SGDiffusion(Method):
         self.net.train()
         x0_all = batch.images * 2 - 1  # [B, 3, H, W] in [-1, 1]
         b = x0_all.shape[0]
-        t_all = torch.randint(0, self.diffusion.num_timesteps, (b,), device=x0_all.device)
+        if cfg.timestep_power == 1.0:
+            t_all = torch.randint(0, self.diffusion.num_timesteps, (b,), device=x0_all.device)
+        else:
+            u = torch.rand(b, device=x0_all.device) ** cfg.timestep_power
+            t_all = (u * self.diffusion.num_timesteps).long().clamp(max=self.diffusion.num_timesteps - 1)
         # Drawn in logical (NCHW) order: randn_like would follow a channels-last layout and change the noise.
         noise_all = torch.randn(x0_all.shape, device=x0_all.device, dtype=x0_all.dtype)
         drop_all = torch.rand(b, device=x0_all.device) < cfg.cond_drop_prob if cfg.cond_drop_prob > 0 else None
@@ -661,4 +691,19 @@ class SGDiffusion(Method):
             device=batch.objs.device,
             eta=cfg.ddim_eta,
         )
+        if cfg.final_denoise:
+            x = self.denoise_output(x, model_fn, cfg.final_denoise)
         return ((x + 1) / 2).clamp(0, 1).float()
+
+    def denoise_output(self, x: Tensor, model_fn: Callable[[Tensor, Tensor], Tensor], passes: int) -> Tensor:
+        """``passes`` Tweedie steps at the smallest noise level on a finished sample ``x`` in [-1, 1]: ``x`` read as
+        ``x_0`` with the residual noise of ``t = 0`` (``x_t = sqrt(abar_0) x``), replaced by the model's
+        ``x0_hat = (x_t - sqrt(1 - abar_0) eps) / sqrt(abar_0)`` (Song et al. 2021's "denoise the last step", on
+        the output the sampler already denoised once)."""
+        ab = float(self.diffusion.alphas_cumprod[0])
+        t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for _ in range(passes):
+            x_t = math.sqrt(ab) * x
+            eps = model_fn(x_t, t0)[:, : x.shape[1]]
+            x = ((x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
+        return x

@@ -151,10 +151,12 @@ def _fmt_value(v: Any) -> str:
 
 def run_changes(r: RunResult) -> dict[str, Any]:
     """The run's flattened config fields that differ from its tier's defaults: the recorded
-    ``config_changes``, else computed now (empty when the defaults cannot be resolved here)."""
+    ``config_changes``, else computed now against the tier as it was under the run's protocol version (empty
+    when the defaults cannot be resolved here)."""
     if r.config_changes is not None:
         return r.config_changes
-    return config_changes(r.config, r.method, r.dataset, r.tier, str(r.config.get("protocol", ""))) or {}
+    protocol = str(r.config.get("protocol", ""))
+    return config_changes(r.config, r.method, r.dataset, r.tier, protocol, str(r.protocol.get("version", ""))) or {}
 
 
 def unfinished_stage(r: RunResult) -> str:

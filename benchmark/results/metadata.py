@@ -51,22 +51,28 @@ def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @cache
-def tier_defaults(method: str, dataset: str, tier: str, protocol: str = "") -> dict[str, Any] | None:
+def tier_defaults(
+    method: str, dataset: str, tier: str, protocol: str = "", version: str = ""
+) -> dict[str, Any] | None:
     """The flattened configuration ``run --method M --dataset D --tier T`` resolves with no ``--set``: the
-    reference variant labels are measured from. None when it cannot be resolved here (unknown method)."""
+    reference variant labels are measured from. ``version``: as the tier was under that protocol version (see
+    ``Method.tier_history``). None when it cannot be resolved here (unknown method)."""
     from benchmark.config import build_run_config
 
     try:
-        cfg = build_run_config(method, dataset, tier, protocol=protocol)
+        cfg = build_run_config(method, dataset, tier, protocol=protocol, protocol_version=version)
     except (KeyError, ValueError, OSError, ImportError):
         return None
     return flatten_config(cfg.to_dict())
 
 
-def config_changes(config: dict[str, Any], method: str, dataset: str, tier: str, protocol: str = "") -> dict[str, Any] | None:
+def config_changes(
+    config: dict[str, Any], method: str, dataset: str, tier: str, protocol: str = "", version: str = ""
+) -> dict[str, Any] | None:
     """The flattened fields of ``config`` (a ``RunConfig.to_dict()``) whose value differs from the tier's
-    defaults (JSON values); None when the defaults cannot be resolved here. Seed and device are not changes."""
-    defaults = tier_defaults(method, dataset, tier, protocol)
+    defaults (JSON values; under protocol ``version`` when given); None when the defaults cannot be resolved
+    here. Seed and device are not changes."""
+    defaults = tier_defaults(method, dataset, tier, protocol, version)
     if defaults is None:
         return None
     same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731

@@ -269,3 +269,50 @@ def test_unknown_or_degenerate_ground_truth_boxes_stay_finite(trained, batch):
     odd = dc.replace(batch, boxes=boxes, has_layout=has_layout)
     cond = trained.ema.cond(odd, layout="gt")
     assert bool(torch.isfinite(cond.layout).all()) and bool(torch.isfinite(cond.tokens).all())
+
+
+@torch.no_grad()
+def test_final_denoise_is_the_x0_estimate_at_t0_of_the_sample(trained, batch):
+    """final_denoise=k: k Tweedie steps at t = 0 on the sampler's output, x <- (sqrt(ab0) x - sqrt(1 - ab0) eps) / sqrt(ab0)."""
+    old = trained.cfg
+    plain = trained.sample(batch, gens(4))
+    try:
+        trained.cfg = dataclasses.replace(old, final_denoise=2)
+        twice = trained.sample(batch, gens(4))
+    finally:
+        trained.cfg = old
+    ab = float(trained.diffusion.alphas_cumprod[0])
+    cond = trained.ema.cond(batch, layout="pred")
+    x = plain * 2 - 1
+    for _ in range(2):  # by hand, in float64 arithmetic on the scalars
+        eps = trained.ema(ab**0.5 * x, torch.zeros(4, dtype=torch.long), cond).float()[:, :3]
+        x = ((ab**0.5 * x - (1 - ab) ** 0.5 * eps) / ab**0.5).clamp(-1, 1)
+    # the reference starts from the uint8-free [0, 1] output, i.e. after the sampler's own clamp: same input
+    torch.testing.assert_close(twice, ((x + 1) / 2).clamp(0, 1), rtol=0, atol=1e-5)
+    assert not torch.equal(twice, plain)
+
+
+def test_timestep_power_draws_low_noise_steps_more_often(batch, monkeypatch):
+    """timestep_power=p: t = floor(T u^p); p = 1 keeps torch.randint (bit-identical to earlier checkpoints)."""
+    seen: list[torch.Tensor] = []
+    for p, expect in ((1.0, 0.02), (2.0, 0.02**0.5)):
+        m, _ = build(timestep_power=p)
+        q_sample = m.diffusion.q_sample
+        monkeypatch.setattr(m.diffusion, "q_sample", lambda x0, t, n, q=q_sample: (seen.append(t), q(x0, t, n))[1])
+        big = collate(batch.split() * 64)  # 256 images, one step
+        torch.manual_seed(0)
+        m.train_step(big, 0)
+        t, T = seen.pop(), m.diffusion.num_timesteps
+        assert 0 <= int(t.min()) and int(t.max()) < T
+        frac = float((t < 0.02 * T).float().mean())  # P(t < 0.02 T) = 0.02^(1/p)
+        assert abs(frac - expect) < 0.06, (p, frac)
+        if p == 1.0:
+            torch.manual_seed(0)
+            assert torch.equal(t, torch.randint(0, T, (256,)))
+
+
+def test_recipe_fields_are_checked():
+    with pytest.raises(ValueError, match="timestep_power"):
+        build(timestep_power=0.0)
+    with pytest.raises(ValueError, match="final_denoise"):
+        build(final_denoise=-1)
