@@ -636,3 +636,27 @@ def test_grid_rows_alike_but_for_an_unshown_setting_get_their_config_id() -> Non
     cells, _ = generator_grid(group_runs(runs))
     assert len({c.label for c in cells}) == 2
     assert all(c.label == f"ddpm · pred layout · minilm [cfg {c.group.config_id[:6]}]" for c in cells)
+
+
+def test_a_text_encoder_pair_survives_a_field_the_older_results_lack() -> None:
+    """sg2im gains a run with a field the sg2im_minilm results predate: the learned/minilm pair is still found
+    (the field is compared only within the series that all have it)."""
+    enc = {"text_encoder_weights": ""}
+    runs = [
+        result("sg2im", method_cfg={"text_encoder": "learned", **enc}),
+        result("sg2im", seed=1, method_cfg={"text_encoder": "learned", "new_field": 1, **enc}),
+        result("sg2im_minilm", method_cfg={"text_encoder": "minilm", **enc}),
+    ]
+    (series,) = detect(group_runs(runs), AXIS["text_encoder"])
+    assert [v for v, _ in series.points] == ["learned", "minilm"] and series.label == "sg2im"
+
+
+def test_bars_of_two_protocol_versions_are_kept_apart() -> None:
+    """The same method at two protocol versions: two bars, each naming its version (never one hiding the other)."""
+    from benchmark.report.figures import metric_bars
+
+    old, new = result("sg2im", fid=250.0), result("sg2im", fid=100.0)
+    new = RunResult(**{**new.__dict__, "protocol": {**new.protocol, "version": "9.9"}})
+    fig = metric_bars(group_runs([old, new]), "fid", "t")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 2 and {lab.rsplit(" · ", 1)[1] for lab in labels} == {f"v{old.protocol['version']}", "v9.9"}

@@ -137,16 +137,23 @@ def _sortable(v: Any) -> Any:
 def detect(groups: Sequence[SeedGroup], axis: Axis) -> list[Series]:
     """Every series of ``axis`` with at least two distinct values, in a stable order."""
     buckets: dict[tuple[Any, ...], Series] = {}
+    # Fields some results of a series predate are left out of its comparison: a run written before a field
+    # existed still pairs with the runs that keep the field's default.
+    label_of = (lambda g: generator_family(g)) if axis.name == "text_encoder" else (lambda g: g.method)
+    shared: dict[tuple[Any, ...], set[str]] = {}
+    for g in groups:
+        ctx = (g.dataset, g.tier, g.protocol_version, label_of(g))
+        shared[ctx] = shared[ctx] & set(g.config) if ctx in shared else set(g.config)
     for g in groups:
         if axis.requires and axis.requires not in g.config:
             continue
+        label = label_of(g)
+        keep = shared[(g.dataset, g.tier, g.protocol_version, label)]
         rest = tuple(
-            sorted((k, json.dumps(v, default=str)) for k, v in g.config.items() if k not in axis.fields)
+            sorted(
+                (k, json.dumps(v, default=str)) for k, v in g.config.items() if k not in axis.fields and k in keep
+            )
         )
-        if axis.name == "text_encoder":
-            label = generator_family(g)
-        else:
-            label = g.method
         layout = "" if axis.name == "eval_layout" else g.layout
         key = (g.dataset, g.tier, g.split, layout, g.image_size, g.protocol_version, label, rest)
         s = buckets.setdefault(key, Series(axis, g.dataset, g.tier, g.split, layout, g.image_size, label))

@@ -53,9 +53,11 @@ def _errorbars(ax, xs: Sequence[float], stats: Sequence[Stats]) -> None:
         )
 
 
-def group_label(g: SeedGroup) -> str:
+def group_label(g: SeedGroup, version: bool = False) -> str:
+    """``method · layout`` (+ ``· protocol vX`` when ``version``) and the variant on a second line."""
     variant = g.variant.replace("method.", "")
-    return f"{g.method} · {g.layout} layout" + (f"\n{variant}" if variant else "")
+    head = f"{g.method} · {g.layout} layout" + (f" · v{g.protocol_version}" if version else "")
+    return head + (f"\n{variant}" if variant else "")
 
 
 def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure | None:
@@ -64,7 +66,10 @@ def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure 
     splits = sorted({g.split for g in has})
     if not splits:
         return None
-    labels = list(dict.fromkeys(group_label(g) for g in has))
+    # Rows of several protocol versions are never merged: each bar then names its version.
+    versioned = len({(g.protocol_version, g.protocol_variant) for g in has}) > 1
+    label = lambda g: group_label(g, versioned)  # noqa: E731
+    labels = list(dict.fromkeys(label(g) for g in has))
     lines = sum(label.count("\n") + 1 for label in labels)
     fig, axes = plt.subplots(
         1,
@@ -76,7 +81,7 @@ def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure 
     hib = has[0].higher[metric]
     methods = sorted({g.method for g in has})
     for ax, split in zip(axes[0], splits):
-        rows = {group_label(g): g for g in has if g.split == split}
+        rows = {label(g): g for g in has if g.split == split}
         ys = [i for i, label in enumerate(labels) if label in rows]
         gs = [rows[labels[i]] for i in ys]
         means = [g.metrics[metric].mean for g in gs]
