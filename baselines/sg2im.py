@@ -680,7 +680,7 @@ _QUICK_1_1 = {  # the quick tier of protocol 1.1 (results written then are label
     "method.eval_mode_after": 150,  # 10% of the 1,500 steps, the reference's ratio (100k of 1M)
 }
 # Protocol 1.2 (issue #13): Adam at 1e-3 instead of the reference's 1e-4 and 3,000 iterations (an iteration of
-# this generator costs about a third of a quick diffusion step). Measured on shapes/test, 256 graphs, predicted
+# this generator costs about half a quick diffusion step). Measured on shapes/test, 256 graphs, predicted
 # layout, one seed: FID 253 (1.1) -> 141 (lr 1e-3, 1,500 it.) -> 147 (lr 2e-3) -> 94 (lr 1e-3, 3,000 it.).
 _QUICK = {
     **_QUICK_1_1,
