@@ -139,15 +139,14 @@ def detect(groups: Sequence[SeedGroup], axis: Axis) -> list[Series]:
     buckets: dict[tuple[Any, ...], Series] = {}
     # Fields some results of a series predate are left out of its comparison: a run written before a field
     # existed still pairs with the runs that keep the field's default.
-    label_of = (lambda g: generator_family(g)) if axis.name == "text_encoder" else (lambda g: g.method)
+    labels = [generator_family(g) if axis.name == "text_encoder" else g.method for g in groups]
     shared: dict[tuple[Any, ...], set[str]] = {}
-    for g in groups:
-        ctx = (g.dataset, g.tier, g.protocol_version, label_of(g))
-        shared[ctx] = shared[ctx] & set(g.config) if ctx in shared else set(g.config)
-    for g in groups:
+    for g, label in zip(groups, labels):
+        ctx = (g.dataset, g.tier, g.protocol_version, label)
+        shared[ctx] = shared[ctx] & g.config.keys() if ctx in shared else set(g.config)
+    for g, label in zip(groups, labels):
         if axis.requires and axis.requires not in g.config:
             continue
-        label = label_of(g)
         keep = shared[(g.dataset, g.tier, g.protocol_version, label)]
         rest = tuple(
             sorted(

@@ -185,20 +185,17 @@ def group_runs(runs: Sequence[RunResult]) -> list[SeedGroup]:
     # Config fields added after a result was written are missing from it. A field that some runs of a
     # (method, dataset, tier) lack is compared only where a run recorded it as a change from the tier's defaults,
     # so a result written before the field existed groups with a newer run that keeps the field's default.
+    flat = [flatten_config(r.config) for r in runs]
     common: dict[tuple[str, str, str], set[str]] = {}
-    for r in runs:
+    for r, f in zip(runs, flat):
         fam = (r.method, r.dataset, r.tier)
-        keys = set(flatten_config(r.config))
-        common[fam] = common[fam] & keys if fam in common else keys
-    for r in runs:
+        common[fam] = common[fam] & f.keys() if fam in common else set(f)
+    for r, f in zip(runs, flat):
         if r.random_init:
             continue
         changed = set(r.config_changes or ())
         shared = common[(r.method, r.dataset, r.tier)]
-        cfg = {
-            k: v for k, v in flatten_config(r.config).items()
-            if k not in GROUP_IGNORED and (k in shared or k in changed)
-        }  # fmt: skip
+        cfg = {k: v for k, v in f.items() if k not in GROUP_IGNORED and (k in shared or k in changed)}
         for ev in r.evaluations:
             key = (
                 r.method, r.dataset, r.tier, ev.split, ev.layout, r.image_size, r.protocol["version"],
