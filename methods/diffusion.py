@@ -328,15 +328,29 @@ class GaussianDiffusion:
 # Sampling with diffusers' schedulers
 
 
+def power_timesteps(num_timesteps: int, steps: int, power: float) -> list[int]:
+    """Respaced timesteps ``round((T - 1) (i / N)^power)``, ``i = 0..N``, duplicates merged, descending.
+
+    ``power = 2`` is DDIM's "quad" skip (Song et al. 2021, ermongroup/ddim ``runners/diffusion.py``
+    ``skip_type == "quad"``): the steps crowd towards t = 0, where the sample's fine detail is decided (the
+    same idea as Karras et al. 2022's rho-spaced noise levels). For ``N = 50``, ``T = 1000`` it gives 50 steps.
+    """
+    ts = {int(round((num_timesteps - 1) * (i / steps) ** power)) for i in range(steps + 1)}
+    return sorted(ts, reverse=True)
+
+
 def make_scheduler(
-    sampler: str, num_timesteps: int, steps: int, schedule: str = "cosine"
+    sampler: str, num_timesteps: int, steps: int, schedule: str = "cosine", spacing: float = 1.0
 ):  # -> diffusers SchedulerMixin
     """A diffusers scheduler for ``sampler`` with the named noise schedule (:func:`named_betas`) of
-    ``num_timesteps``, set to ``steps`` steps."""
+    ``num_timesteps``, set to ``steps`` steps; ``spacing != 1`` (``ddpm`` only) spaces them by
+    :func:`power_timesteps` instead of iDDPM's even ``space_timesteps``."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sample_steps must be in [1, {num_timesteps}], got {steps}")
+    if spacing != 1.0 and sampler != "ddpm":
+        raise ValueError(f"sample_spacing={spacing} needs the ddpm sampler, got {sampler!r}")
     betas = named_betas(schedule, num_timesteps)
     common: dict = {"num_train_timesteps": num_timesteps, "prediction_type": "epsilon"}
     if schedule == "cosine":
@@ -347,7 +361,10 @@ def make_scheduler(
         sched = DDPMScheduler(
             **common, variance_type="learned_range", clip_sample=True, clip_sample_range=1.0
         )
-        sched.set_timesteps(timesteps=space_timesteps(num_timesteps, [steps])[::-1])
+        if spacing == 1.0:
+            sched.set_timesteps(timesteps=space_timesteps(num_timesteps, [steps])[::-1])
+        else:
+            sched.set_timesteps(timesteps=power_timesteps(num_timesteps, steps, spacing))
     elif sampler == "ddim":
         sched = DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
         sched.set_timesteps(steps)
@@ -386,18 +403,20 @@ def sample_loop(
     device: torch.device | str = "cpu",
     eta: float = 1.0,
     schedule: str = "cosine",
+    spacing: float = 1.0,
 ) -> Tensor:
     """Run the reverse process from ``x_T ~ N(0, I)`` and return ``x_0`` in [-1, 1], ``[B, *shape]``.
 
     ``model_fn(x_t [B, C, H, W], t [B] int64, original timesteps) -> [B, 2C, H, W]`` (eps, v). All noise
     (``x_T`` and the per-step noise of DDPM / DDIM with ``eta > 0``) is drawn image by image from
     ``generator[i]`` (diffusers' ``randn_tensor`` with a generator list), so image i does not depend on the
-    other images of the batch. ``eta`` is DDIM's (0 = deterministic DDIM, 1 = DDPM-like fixed-small variance).
+    other images of the batch. ``eta`` is DDIM's (0 = deterministic DDIM, 1 = DDPM-like fixed-small variance);
+    ``spacing`` is :func:`make_scheduler`'s.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
     b = len(generator)
-    sched = make_scheduler(sampler, num_timesteps, steps, schedule)
+    sched = make_scheduler(sampler, num_timesteps, steps, schedule, spacing)
     x = randn_tensor((b, *shape), generator=generator, device=torch.device(device), dtype=torch.float32)
     x = x * sched.init_noise_sigma
     c = shape[0]

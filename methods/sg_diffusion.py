@@ -113,6 +113,7 @@ class SGDiffusionConfig(GuidanceConfig):
     sampler: str = "dpmsolver++"  # ddpm (respaced, learned variance) | ddim | dpmsolver++
     sample_steps: int = 25  # LayoutDiffusion: 25 DPM-Solver steps
     ddim_eta: float = 0.0
+    sample_spacing: float = 1.0  # ddpm: timesteps round((T-1)(i/N)^p); 1 = iDDPM's even respacing, 2 = DDIM "quad"
     final_denoise: int = 0  # extra x0-predictions at t = 0 on the sampler's output (0 = none, ADM)
     # optimisation (ADM: AdamW lr 1e-4, no weight decay, EMA 0.9999)
     learning_rate: float = 1e-4
@@ -487,6 +488,9 @@ class SGDiffusion(Method):
             raise ValueError(f"method.timestep_power must be > 0, got {cfg.timestep_power}")
         if cfg.final_denoise < 0:
             raise ValueError(f"method.final_denoise must be >= 0, got {cfg.final_denoise}")
+        if not cfg.sample_spacing > 0 or (cfg.sample_spacing != 1.0 and cfg.sampler != "ddpm"):
+            raise ValueError(f"method.sample_spacing must be > 0 and needs sampler=ddpm when != 1, got "
+                             f"{cfg.sample_spacing} with sampler={cfg.sampler!r}")  # fmt: skip
         self.net = SGDenoiser(cfg, info)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
@@ -690,6 +694,7 @@ class SGDiffusion(Method):
             cfg.diffusion_steps,
             device=batch.objs.device,
             eta=cfg.ddim_eta,
+            spacing=cfg.sample_spacing,
         )
         if cfg.final_denoise:
             x = self.denoise_output(x, model_fn, cfg.final_denoise)

@@ -17,6 +17,7 @@ from methods.diffusion import (
     ema_update,
     make_scheduler,
     normal_kl,
+    power_timesteps,
     respaced_betas,
     sample_loop,
     space_timesteps,
@@ -145,10 +146,12 @@ def _toy_model(x: torch.Tensor, t: torch.Tensor, v: float = -1.0) -> torch.Tenso
     return torch.cat([eps, torch.full_like(x, v)], dim=1)
 
 
-def test_respaced_ddpm_step_is_the_respaced_learned_variance_posterior():
-    """diffusers' DDPMScheduler with custom timesteps == iDDPM respace.py + p_mean_variance(LEARNED_RANGE)."""
-    steps = space_timesteps(T, [25])[::-1]
-    sched = make_scheduler("ddpm", T, 25)
+@pytest.mark.parametrize("spacing", [1.0, 2.0])
+def test_respaced_ddpm_step_is_the_respaced_learned_variance_posterior(spacing):
+    """diffusers' DDPMScheduler with custom timesteps == iDDPM respace.py + p_mean_variance(LEARNED_RANGE), for
+    the even respacing and for DDIM's quadratic one (respace.py takes any kept set)."""
+    steps = space_timesteps(T, [25])[::-1] if spacing == 1.0 else power_timesteps(T, 25, spacing)
+    sched = make_scheduler("ddpm", T, 25, spacing=spacing)
     assert sched.timesteps.tolist() == steps
     abar = np.cumprod(1 - cosine_betas(T))
     b_resp = respaced_betas(abar, steps)[::-1]  # aligned with the descending timesteps
@@ -174,6 +177,17 @@ def test_respaced_ddpm_step_is_the_respaced_learned_variance_posterior():
             got.double(), mean + math.exp(0.5 * logvar) * z.double(), rtol=1e-4, atol=1e-4
         )
         x = got
+
+
+def test_power_timesteps_crowd_towards_t0():
+    """round((T - 1) (i / N)^p), i = 0..N, merged: p = 2 is DDIM's quad skip; N steps where no two i round alike."""
+    quad = power_timesteps(1000, 50, 2.0)
+    assert len(quad) == 50 and quad[0] == 999 and quad[-1] == 0 and quad == sorted(set(quad), reverse=True)
+    assert quad[-6:] == [14, 10, 6, 4, 2, 0]  # i = 1 rounds to 0 and merges with i = 0
+    assert sum(t < 100 for t in quad) == 3 * sum(t < 100 for t in space_timesteps(1000, [50])) == 15
+    assert power_timesteps(1000, 9, 1.0) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    with pytest.raises(ValueError, match="sample_spacing"):
+        make_scheduler("ddim", T, 10, spacing=2.0)
 
 
 def test_ddim_eta1_all_steps_follows_the_ddpm_path():

@@ -316,3 +316,7 @@ def test_recipe_fields_are_checked():
         build(timestep_power=0.0)
     with pytest.raises(ValueError, match="final_denoise"):
         build(final_denoise=-1)
+    with pytest.raises(ValueError, match="sample_spacing"):
+        build(sample_spacing=2.0, sampler="ddim")
+    with pytest.raises(ValueError, match="sample_spacing"):
+        build(sample_spacing=0.0)
