@@ -432,7 +432,11 @@ _QUICK_1_1 = {  # the quick tier of protocol 1.1 (results written then are label
 # (the quick tier samples at guidance scale 1, so the null condition was 20% of the batch for nothing) and the
 # learning rate is 2e-3. One seed, 256 test graphs: FID 108.7 (1.1) -> 72.9 (these training changes) -> 66.9
 # (final_denoise=2); Min-SNR-5 weighting (Hang et al. 2023), which moves weight away from the low-noise steps,
-# gave 190.
+# gave 190. Measured since and not adopted (seed 0, same protocol): cosine learning-rate decay to 0 over the
+# 1,500 steps, FID 83.9 at lr 2e-3 and 80.5 at 4e-3 (relations up to 0.80-0.82); constant lr 3e-3 diverges (FID
+# 341); condition dropout 0.1 with guidance scale 1 / 1.5 / 2, FID 75.7 / 68.8 / 64.9 with relation satisfaction
+# 0.61 / 0.67 / 0.70 (vs 0.75). sample_spacing=2 on the three 1.2 checkpoints: FID 73.5 -> 72.5 (per seed -2.0,
+# -2.9, +1.7: not a gain beyond the seed noise, so not in the recipe).
 _QUICK = {
     **_QUICK_1_1,
     "method.cond_drop_prob": 0.0,
