@@ -68,8 +68,7 @@ def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure 
         return None
     # Rows of several protocol versions are never merged: each bar then names its version.
     versioned = len({(g.protocol_version, g.protocol_variant) for g in has}) > 1
-    label = lambda g: group_label(g, versioned)  # noqa: E731
-    labels = list(dict.fromkeys(label(g) for g in has))
+    labels = list(dict.fromkeys(group_label(g, versioned) for g in has))
     lines = sum(label.count("\n") + 1 for label in labels)
     fig, axes = plt.subplots(
         1,
@@ -81,7 +80,7 @@ def metric_bars(groups: Sequence[SeedGroup], metric: str, title: str) -> Figure 
     hib = has[0].higher[metric]
     methods = sorted({g.method for g in has})
     for ax, split in zip(axes[0], splits):
-        rows = {label(g): g for g in has if g.split == split}
+        rows = {group_label(g, versioned): g for g in has if g.split == split}
         ys = [i for i, label in enumerate(labels) if label in rows]
         gs = [rows[labels[i]] for i in ys]
         means = [g.metrics[metric].mean for g in gs]
