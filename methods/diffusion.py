@@ -308,19 +308,30 @@ class GaussianDiffusion:
         return torch.where(t == 0, nll, kl)
 
     def hybrid_loss(
-        self, model_output: Tensor, x_start: Tensor, x_t: Tensor, t: Tensor, noise: Tensor
+        self,
+        model_output: Tensor,
+        x_start: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        pixel_weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """iDDPM's ``L_hybrid = L_simple + lambda L_vlb`` per image ([B] each; ``training_losses``, RESCALED_MSE).
 
         ``mse = mean_flat((eps - eps_theta)^2)``; ``vb = L_t(frozen mean, learned variance) * T / 1000``, where
         the VLB term sees ``eps_theta.detach()`` (stop-gradient on the mean: L_vlb trains only Sigma_theta) and
         the T / 1000 rescaling makes the per-step weight ``lambda = 0.001`` of the full ``L_vlb = T E_t[L_t]``.
+        ``pixel_weight [B, 1, H, W]`` (None = iDDPM) makes ``mse`` the weighted mean
+        ``sum(w (eps - eps_theta)^2) / sum(w)`` per image, so a uniform weight leaves it unchanged.
         """
         c = x_start.shape[1]
         eps = model_output[:, :c]
         frozen = torch.cat([eps.detach(), model_output[:, c:]], dim=1)
         vb = self.vb_terms_bpd(frozen, x_start, x_t, t, clip_denoised=False) * (self.num_timesteps / 1000.0)
-        mse = mean_flat((noise - eps) ** 2)
+        if pixel_weight is None:
+            mse = mean_flat((noise - eps) ** 2)
+        else:
+            mse = mean_flat(pixel_weight * (noise - eps) ** 2) / mean_flat(pixel_weight)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 

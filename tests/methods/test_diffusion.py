@@ -98,6 +98,24 @@ def test_kl_and_decoder_nll_basics():
     assert bool((ll > -1e-3).all())
 
 
+def test_hybrid_loss_pixel_weight_is_a_weighted_mean():
+    """mse with pixel_weight w is sum(w err^2) / sum(w) per image; a constant w gives the unweighted mse."""
+    d = GaussianDiffusion(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, out = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(3))
+    out = torch.cat([out, torch.randn(2, 3, 8, 8, generator=g)], 1)
+    t = torch.tensor([10, 500])
+    x_t = d.q_sample(x0, t, noise)
+    plain = d.hybrid_loss(out, x0, x_t, t, noise)
+    const = d.hybrid_loss(out, x0, x_t, t, noise, torch.full((2, 1, 8, 8), 3.0))
+    torch.testing.assert_close(const["mse"], plain["mse"])
+    torch.testing.assert_close(const["vb"], plain["vb"])
+    w = torch.rand(2, 1, 8, 8, generator=g) + 0.5
+    err = (noise - out[:, :3]) ** 2
+    expect = (w * err).sum((1, 2, 3)) / (3 * w.sum((1, 2, 3)))
+    torch.testing.assert_close(d.hybrid_loss(out, x0, x_t, t, noise, w)["mse"], expect)
+
+
 def test_hybrid_loss_is_finite_and_falls_when_overfitting():
     torch.manual_seed(0)
     d = GaussianDiffusion(T)

@@ -311,9 +311,37 @@ def test_timestep_power_draws_low_noise_steps_more_often(batch, monkeypatch):
             assert torch.equal(t, torch.randint(0, T, (256,)))
 
 
+def test_object_pixel_weight_is_the_union_of_the_ground_truth_masks(batch):
+    """object_loss_weight=w: L_simple weight 1 + (w - 1) m with m the rendered ground-truth object masks; on
+    `shapes` (flat shapes on a grey background) m covers the pixels whose colour is not the background's."""
+    m, _ = build(object_loss_weight=4.0)
+    w = m.object_pixel_weight(batch, 32)
+    assert w.shape == (4, 1, 32, 32)
+    assert float(w.min()) == 1.0 and float(w.max()) == 4.0
+    drawn = ((batch.images * 255 - 200).abs().sum(1) > 10).float()  # not background grey
+    inside = (w[:, 0] > 2.5).float()
+    assert float((inside == drawn).float().mean()) > 0.95  # disagreement only on the bilinear mask edges
+    # the __image__ node (whole-image box and mask) is not an object
+    assert float((w[:, 0] == 1.0).float().mean()) > 0.5
+
+
+def test_object_loss_weight_one_is_the_unweighted_loss(batch):
+    """object_loss_weight=1 (ADM) takes the unweighted path: same seed, bit-identical losses."""
+    losses = []
+    for w in (1.0, 1.0 + 1e-9, 3.0):
+        torch.manual_seed(0)
+        m, _ = build(object_loss_weight=w)
+        torch.manual_seed(1)
+        losses.append(m.train_step(batch, 0)["mse"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # the weighted mean with uniform-ish weight
+    assert losses[2] != pytest.approx(losses[0], rel=1e-3)
+
+
 def test_recipe_fields_are_checked():
     with pytest.raises(ValueError, match="timestep_power"):
         build(timestep_power=0.0)
+    with pytest.raises(ValueError, match="object_loss_weight"):
+        build(object_loss_weight=0.0)
     with pytest.raises(ValueError, match="final_denoise"):
         build(final_denoise=-1)
     with pytest.raises(ValueError, match="sample_spacing"):

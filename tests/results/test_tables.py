@@ -141,28 +141,28 @@ def test_a_result_written_before_a_field_existed_groups_with_the_fields_default(
     assert sorted((g.seeds, g.variant) for g in groups) == [((0,), "method.guidance=scenegenie"), ((0, 1), "")]
 
 
-@pytest.mark.parametrize("method", ["minilm_ddpm", "sg2im"])
-def test_results_of_an_earlier_protocol_are_labelled_against_its_recipe(method: str) -> None:
-    """A quick-tier result written under protocol 1.1 without recorded changes is measured against the 1.1 recipe
-    (``Method.tier_history``): the 1.1 defaults give no label there, and the same config stamped with the
-    current version is labelled with every field the recipe changed."""
+@pytest.mark.parametrize(("method", "version"), [("minilm_ddpm", "1.1"), ("minilm_ddpm", "1.2"), ("sg2im", "1.1")])
+def test_results_of_an_earlier_protocol_are_labelled_against_its_recipe(method: str, version: str) -> None:
+    """A quick-tier result written under an earlier protocol without recorded changes is measured against that
+    version's recipe (``Method.tier_history``): its defaults give no label there, and the same config stamped
+    with the current version is labelled with every field the recipe changed."""
     from benchmark import registry
     from benchmark.protocol import load_protocol
     from benchmark.results.groups import run_changes
 
-    old = tier_defaults(method, "shapes", "quick", version="1.1")
+    old = tier_defaults(method, "shapes", "quick", version=version)
     new = tier_defaults(method, "shapes", "quick")
     assert old is not None and new is not None
-    recipe = registry.get("method", method).tier_history["1.1"]["quick"]
+    recipe = registry.get("method", method).tier_history[version]["quick"]
     changed = {k for k in new if old[k] != new[k]}
     assert changed and all(k.startswith("method_cfg.") or k.startswith("train.") for k in changed)
     current = load_protocol("shapes")["version"]
-    assert current != "1.1" and recipe  # the recipe moved on with the protocol version
+    assert current != version and recipe  # the recipe moved on with the protocol version
 
     def result(version: str) -> RunResult:
         r = run()
         return RunResult(**{**r.__dict__, "method": method, "tier": "quick", "config": nested(old),
                             "protocol": {"version": version, "sha256": SHA}})  # fmt: skip
 
-    assert run_changes(result("1.1")) == {}
+    assert run_changes(result(version)) == {}
     assert set(run_changes(result(current))) == changed
