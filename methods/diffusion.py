@@ -469,6 +469,6 @@ def ema_decay(step: int, decay: float) -> float:
     """Warm-up of the EMA rate, ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
 
     diffusers' ``EMAModel.get_decay`` without ``use_ema_warmup``; iDDPM uses the fixed rate, which with
-    0.9999 makes the EMA useless for short runs (the quick tier trains 1,500 steps).
+    0.9999 makes the EMA useless for short runs (the quick tier trains 2,000 steps).
     """
     return min(decay, (1.0 + step) / (10.0 + step))
