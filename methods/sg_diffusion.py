@@ -451,13 +451,13 @@ _QUICK_1_2 = {  # the quick tier of protocol 1.2
 # Protocol 1.3 (issue #13). 1.2's model was simply undertrained: the FID of one run (seed 0, constant learning rate,
 # so a snapshot is the run stopped there) is 66.9 after 1,500 steps, 49.0 after 2,250 and 42.5 after 3,000. So 1.3
 # spends the wall time on steps: 2,000 steps, about what a quick diffusion run can train in its 12 minutes on 2
-# cores (a step costs about 0.25 s there, sampling and metrics about 4 minutes). And it weights the object pixels
-# (the ground-truth masks, ~26% of a shapes image) 4 times the background in L_simple
-# (object_loss_weight), where the colour errors are: at 1,500 steps FID 66.9 -> 58.7 (w = 4) and 73.3 (w = 10),
-# relation satisfaction 0.75 -> 0.82 / 0.86; with w = 4, FID 50.1 / 45.3 / 44.7 after 1,800 / 2,000 / 2,200 steps
-# (relations 0.83-0.84), and w = 2.5 gives 45.0 after 2,000 (0.83). The committed 1.3 runs (3 seeds, one at a time on
-# the 2 idle cores): test FID 46.2 +- 0.2 (learned_ddpm) and 49.7 +- 8.7 (minilm_ddpm), 11.0-11.6 minutes per run;
-# the 1.2 recipe takes 8.7 minutes on the same machine.
+# cores (a step costs about 0.27 s there; sampling, metrics and setup about 2 minutes). And it weights the object
+# pixels (the ground-truth masks, ~26% of a shapes image) 4 times the background in L_simple (object_loss_weight),
+# where the colour errors are: at 1,500 steps FID 66.9 -> 58.7 (w = 4) and 73.3 (w = 10), relation satisfaction 0.75
+# -> 0.82 / 0.86; with w = 4, FID 50.1 / 45.3 / 44.7 after 1,800 / 2,000 / 2,200 steps (relations 0.83-0.84), and w
+# = 2.5 gives 45.0 after 2,000 (0.83). The committed 1.3 runs (3 seeds, one at a time on the 2 idle cores): test FID
+# 46.2 +- 0.2 (learned_ddpm) and 49.7 +- 8.7 (minilm_ddpm), 11.0-11.6 minutes per run; the 1.2 recipe takes 8.7
+# minutes on the same machine.
 _QUICK = {
     **_QUICK_1_2,
     "train.steps": 2000,
@@ -561,14 +561,14 @@ class SGDiffusion(Method):
             known &= batch.has_layout.bool()
         return known
 
-    def object_pixel_weight(self, batch: SceneGraphBatch, size: int) -> Tensor:
+    def object_pixel_weight(self, batch: SceneGraphBatch, height: int, width: int) -> Tensor:
         """Per-pixel weight ``[B, 1, H, W]`` of ``L_simple``: ``1 + (w - 1) m``, where ``m`` in [0, 1] is the union
         of the ground-truth object masks (``__image__`` and objects without a known layout excluded) warped into
         their boxes as the layout renders them, and ``w = object_loss_weight``."""
         known = self._known_layout(batch)
         masks = batch.masks[known] if batch.masks is not None else None
-        maps = object_maps(batch.boxes[known].float(), None if masks is None else masks.float(), size)
-        cover = torch.zeros(batch.num_images, size, size, device=maps.device, dtype=maps.dtype)
+        maps = object_maps(batch.boxes[known].float(), None if masks is None else masks.float(), height, width)
+        cover = torch.zeros(batch.num_images, height, width, device=maps.device, dtype=maps.dtype)
         cover = cover.index_add(0, batch.obj_to_img[known], maps).clamp(max=1.0)
         return (1.0 + (self.cfg.object_loss_weight - 1.0) * cover)[:, None]
 
@@ -625,7 +625,7 @@ class SGDiffusion(Method):
             if drop_all is not None:
                 cond = self.net.cond.drop(cond, drop_all[sl])
             out = self.net(x_t, t, cond).float()
-            weight = self.object_pixel_weight(part, x0.shape[-1]) if cfg.object_loss_weight != 1.0 else None
+            weight = self.object_pixel_weight(part, *x0.shape[-2:]) if cfg.object_loss_weight != 1.0 else None
             terms = self.diffusion.hybrid_loss(out, x0, x_t, t, noise, weight)
             lay = self.layout_losses(cond, part)
             share = int(self._known_layout(part).sum()) / n_known if k > 1 else 1.0

@@ -315,8 +315,8 @@ def test_object_pixel_weight_is_the_union_of_the_ground_truth_masks(batch):
     """object_loss_weight=w: L_simple weight 1 + (w - 1) m with m the rendered ground-truth object masks; on
     `shapes` (flat shapes on a grey background) m covers the pixels whose colour is not the background's."""
     m, _ = build(object_loss_weight=4.0)
-    w = m.object_pixel_weight(batch, 32)
-    assert w.shape == (4, 1, 32, 32)
+    w = m.object_pixel_weight(batch, 32, 32)
+    assert w.shape == (4, 1, 32, 32) and m.object_pixel_weight(batch, 16, 24).shape == (4, 1, 16, 24)
     assert float(w.min()) == 1.0 and float(w.max()) == 4.0
     drawn = ((batch.images * 255 - 200).abs().sum(1) > 10).float()  # not background grey
     inside = (w[:, 0] > 2.5).float()
