@@ -568,9 +568,8 @@ class SGDiffusion(Method):
         known = self._known_layout(batch)
         masks = batch.masks[known] if batch.masks is not None else None
         maps = object_maps(batch.boxes[known].float(), None if masks is None else masks.float(), height, width)
-        cover = torch.zeros(batch.num_images, height, width, device=maps.device, dtype=maps.dtype)
-        cover = cover.index_add(0, batch.obj_to_img[known], maps).clamp(max=1.0)
-        return (1.0 + (self.cfg.object_loss_weight - 1.0) * cover)[:, None]
+        cover = objects_to_layout(maps.new_ones(maps.shape[0], 1), maps, batch.obj_to_img[known], batch.num_images)
+        return 1.0 + (self.cfg.object_loss_weight - 1.0) * cover.clamp(max=1.0)
 
     def layout_losses(self, cond: Condition, batch: SceneGraphBatch) -> dict[str, Tensor]:
         """sg2im's box regression MSE and a mask BCE, over objects with a known layout (``__image__`` excluded)."""

@@ -326,7 +326,8 @@ def test_object_pixel_weight_is_the_union_of_the_ground_truth_masks(batch):
 
 
 def test_object_loss_weight_one_is_the_unweighted_loss(batch):
-    """object_loss_weight=1 (ADM) takes the unweighted path: same seed, bit-identical losses."""
+    """object_loss_weight=1 (ADM) takes the unweighted path; a weight that rounds to a uniform 1 gives the same loss
+    through the weighted mean, and a real weight changes it."""
     losses = []
     for w in (1.0, 1.0 + 1e-9, 3.0):
         torch.manual_seed(0)
