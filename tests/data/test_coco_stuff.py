@@ -128,7 +128,7 @@ def test_protocol_files() -> None:
         "clip_score",
     ]
     assert (
-        proto["version"] == "1.3" and proto["split_version"] == cs.SPLIT_VERSION and proto["mask_size"] == 16
+        proto["version"] == "1.4" and proto["split_version"] == cs.SPLIT_VERSION and proto["mask_size"] == 16
     )
     full = proto["tiers"]["full"]
     assert (

@@ -94,7 +94,7 @@ def test_vocabulary_sizes_and_natural_phrases(root: Path) -> None:
 
 def test_protocol() -> None:
     proto = load_protocol("4dor")
-    assert proto["version"] == "1.3" and proto["eval_splits"] == ["test"] and proto["mask_size"] == 16
+    assert proto["version"] == "1.4" and proto["eval_splits"] == ["test"] and proto["mask_size"] == 16
     assert (
         proto["metrics"]
         == [

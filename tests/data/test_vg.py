@@ -141,7 +141,7 @@ def test_defaults_equal_sg2im() -> None:
 
 def test_protocol() -> None:
     proto = load_protocol("vg")
-    assert proto["dataset"] == "vg" and proto["version"] == "1.3"
+    assert proto["dataset"] == "vg" and proto["version"] == "1.4"
     assert proto["eval_splits"] == ["test"]
     assert proto["metrics"] == [
         "fid",

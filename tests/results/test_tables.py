@@ -141,7 +141,10 @@ def test_a_result_written_before_a_field_existed_groups_with_the_fields_default(
     assert sorted((g.seeds, g.variant) for g in groups) == [((0,), "method.guidance=scenegenie"), ((0, 1), "")]
 
 
-@pytest.mark.parametrize(("method", "version"), [("minilm_ddpm", "1.1"), ("minilm_ddpm", "1.2"), ("sg2im", "1.1")])
+@pytest.mark.parametrize(
+    ("method", "version"),
+    [("minilm_ddpm", "1.1"), ("minilm_ddpm", "1.2"), ("sg2im", "1.1"), ("sg2im", "1.2"), ("sg2im", "1.3")],
+)
 def test_results_of_an_earlier_protocol_are_labelled_against_its_recipe(method: str, version: str) -> None:
     """A quick-tier result written under an earlier protocol without recorded changes is measured against that
     version's recipe (``Method.tier_history``): its defaults give no label there, and the same config stamped
