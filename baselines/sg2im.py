@@ -62,6 +62,7 @@ from benchmark.interfaces import DatasetInfo, Method, SceneGraphDataset, WeightP
 from benchmark.nn.embedding import NodeEmbedding
 from benchmark.nn.graph import GraphTripleConv, GraphTripleConvNet, build_mlp
 from benchmark.nn.layout import object_maps, objects_to_layout, pack_objects
+from benchmark.nn.resample import upsample_nearest_conv3x3
 from benchmark.registry import register, register_presets
 from benchmark.seeding import randn
 
@@ -196,8 +197,8 @@ class RefinementModule(nn.Module):
           of a D-channel convolution;
         - noise part: ``conv3x3(avgpool(noise), W_noise)``;
         - feature part: ``conv3x3(upsample_nearest_x2(feats), W_feat) = conv_transpose(feats, T W_feat T^T,
-          stride 2, padding 1)`` (:func:`_upconv_weight`), 16 instead of 36 multiply-adds per input pixel and
-          output channel, and no upsampled copy. For the first module ``feats`` is sg2im's all-zero seed,
+          stride 2, padding 1)`` (:mod:`benchmark.nn.resample`), 16 instead of 36 multiply-adds per input
+          pixel and output channel, and no upsampled copy. For the first module ``feats`` is sg2im's all-zero seed,
           whose contribution (and weight gradient) is exactly 0: ``feats=None`` skips it.
 
         The same linear map, equal up to float rounding. vecs ``[O, D]``, maps ``[O, 1, H, W]``, noise
@@ -220,7 +221,7 @@ class RefinementModule(nn.Module):
         if noise is not None:
             out = F.conv2d(_pool_to(noise, size), w_noise, conv.bias, padding=1)
         if feats is not None:
-            up = F.conv_transpose2d(feats, _upconv_weight(w_feat), stride=2, padding=1)
+            up = upsample_nearest_conv3x3(feats, w_feat)
             out = up if out is None else out.add_(up)
         if out is None:
             out = obj + conv.bias.view(1, p, 1, 1) if conv.bias is not None else obj
@@ -231,20 +232,6 @@ class RefinementModule(nn.Module):
         for layer in self.net[1:]:
             out = layer(out)
         return out
-
-
-def _upconv_weight(w: Tensor) -> Tensor:
-    """``[P, C, 3, 3]`` conv weight -> ``[C, P, 4, 4]`` transposed-conv weight with
-    ``conv_transpose2d(x, ., stride=2, padding=1) == conv2d(upsample_nearest_x2(x), w, padding=1)``.
-
-    Output row ``2i + a`` of the upsampled conv reads input rows ``(i - 1, i)`` with kernel rows
-    ``(w0, w1 + w2)`` (a = 0) or rows ``(i, i + 1)`` with ``(w0 + w1, w2)`` (a = 1); the transposed conv's
-    4 taps are therefore ``T w`` with ``T = [[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]]``, on both axes.
-    """
-    t = w.new_tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    if w.is_contiguous(memory_format=torch.channels_last):  # produce it channels-last strided as well
-        return torch.einsum("ik,pckl,jl->cijp", t, w, t).permute(0, 3, 1, 2)
-    return torch.einsum("ik,pckl,jl->cpij", t, w, t)
 
 
 def _taps3x3(m: Tensor) -> Tensor:

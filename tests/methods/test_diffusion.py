@@ -274,6 +274,26 @@ def test_timestep_embedding_and_unet_shapes():
         assert float((net(x, t, None, unmasked, mask)[0] - ref[0]).abs().max()) > 1e-3
 
 
+def test_unet_upsample_is_adm_nearest_x2_then_conv():
+    """``Upsample`` (one transposed convolution) is ADM's ``F.interpolate(x, 2, "nearest")`` then the 3x3 conv,
+    output and gradients, in float64; without the conv it is the interpolation alone."""
+    import torch.nn.functional as F
+
+    from methods.unet import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(4, True, 6).double()
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    ref = up.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    ours = up(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = [x, up.conv.weight, up.conv.bias]
+    for a, r in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g), strict=True):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
+    assert torch.equal(Upsample(4, False)(x), F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 @pytest.mark.parametrize(
     ("channels", "groups"), [(32, 32), (64, 32), (128, 32), (192, 32), (256, 32), (16, 4), (48, 12), (8, 2), (3, 1)]
 )

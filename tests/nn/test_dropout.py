@@ -1,0 +1,63 @@
+"""benchmark/nn/dropout.py: Bernoulli(1 - p) keep-mask from torch.rand, scaled by 1 / (1 - p)."""
+
+import math
+
+import pytest
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from benchmark.nn.dropout import Dropout
+
+
+def test_keeps_a_fraction_1_minus_p_scaled_and_the_backward_uses_the_same_mask():
+    torch.manual_seed(0)
+    p, n = 0.1, 1_000_000
+    x = torch.rand(n) + 1.0  # no zeros, so a zero output means dropped
+    x.requires_grad_(True)
+    d = Dropout(p).train()
+    y = d(x)
+    kept = y != 0
+    # binomial: std of the kept fraction is sqrt(p (1 - p) / n) = 3e-4; allow 5 sigma
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    torch.testing.assert_close(y[kept], x.detach()[kept] / (1 - p), rtol=1e-6, atol=0)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, kept.float() / (1 - p), rtol=1e-6, atol=0)
+
+
+def test_eval_mode_and_p0_are_the_identity_and_p1_drops_everything():
+    x = torch.randn(4, 5)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="p must be in"):
+            Dropout(bad)
+
+
+def test_same_seed_same_mask_and_the_state_dict_of_nn_dropout():
+    x = torch.randn(3, 8, 4, 4)
+    torch.manual_seed(5)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(5)
+    b = Dropout(0.5).train()(x)
+    assert torch.equal(a, b)
+    assert Dropout(0.2).state_dict() == nn.Dropout(0.2).state_dict() == {}
+
+
+def test_activation_checkpointing_replays_the_mask():
+    """``torch.utils.checkpoint`` restores the RNG state before recomputing, so the gradients are exact."""
+    lin = nn.Linear(16, 16)
+    d = Dropout(0.5).train()
+    x = torch.randn(8, 16, requires_grad=True)
+
+    def block(t):
+        return d(lin(t)).tanh()
+
+    torch.manual_seed(1)
+    g_plain = torch.autograd.grad(block(x).sum(), [x, lin.weight])
+    torch.manual_seed(1)
+    out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+    g_ckpt = torch.autograd.grad(out.sum(), [x, lin.weight])
+    for a, b in zip(g_plain, g_ckpt, strict=True):
+        assert torch.equal(a, b)
