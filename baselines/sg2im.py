@@ -730,7 +730,7 @@ class Sg2Im(Method):
 
     Config = Sg2ImConfig
     tier_overrides = {"smoke": _SMOKE, "quick": _QUICK, "full": {"train.steps": 1_000_000}}
-    tier_history = {"1.1": {"quick": _QUICK_1_1}, "1.2": {"quick": _QUICK_1_2}, "1.3": {"quick": _QUICK_1_2}}
+    tier_history = {"1.1": {"quick": _QUICK_1_1}, "1.3": {"quick": _QUICK_1_2}}  # key: last version in force
     # The CRN runs forward_factored (not forward), which Module.compile does not reach: the discriminators only.
     compile_targets = ("obj_discriminator.cnn", "img_discriminator")
 

@@ -170,6 +170,35 @@ def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _version_key(version: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return None
+
+
+def historical_overrides(
+    tier_history: dict[str, dict[str, dict[str, Any]]], tier: str, version: str
+) -> dict[str, Any] | None:
+    """The overrides ``tier`` had under protocol ``version``, from a method's ``tier_history``; None: the current
+    ones (``tier_overrides``).
+
+    A key of ``tier_history`` is the *last* protocol version in which the recipe it lists for a tier was in
+    force, so a recipe that lasted several versions is written once: the recipe of ``version`` is the one under
+    the smallest key >= ``version`` that lists ``tier`` (versions compare numerically, "1.10" > "1.9"); with no
+    such key the tier has not changed since ``version``. A version that is not dot-separated integers only
+    matches its own key.
+    """
+    entries = {k: v[tier] for k, v in tier_history.items() if tier in v}
+    if version in entries:
+        return entries[version]
+    want = _version_key(version)
+    if want is None:
+        return None
+    later = [(key, k) for k in entries if (key := _version_key(k)) is not None and key >= want]
+    return entries[min(later)[1]] if later else None
+
+
 def build_run_config(
     method: str,
     dataset: str,
@@ -196,7 +225,8 @@ def build_run_config(
     settings = tier_settings(proto, tier)
     overrides = method_cls.tier_overrides.get(tier, {})
     if protocol_version and protocol_version != proto["version"]:
-        overrides = method_cls.tier_history.get(protocol_version, {}).get(tier, overrides)
+        earlier = historical_overrides(method_cls.tier_history, tier, protocol_version)
+        overrides = overrides if earlier is None else earlier
     base = RunConfig(
         method=method, dataset=dataset, method_cfg=method_cls.Config(), tier=tier, seed=seed, device=device,
         protocol=protocol,

@@ -91,7 +91,9 @@ class Method(nn.Module, abc.ABC):
 
     ``Config`` is a frozen dataclass; ``tier_overrides[tier]`` maps dotted keys (``method.x``, ``train.steps``)
     to values applied before the user's ``--set``. ``tier_history[version][tier]`` keeps the overrides a tier had
-    under an earlier protocol version, so a result written then is labelled against the recipe it ran with.
+    up to and including protocol ``version`` (the last version that recipe was in force; see
+    :func:`benchmark.config.historical_overrides`), so a result written then is labelled against the recipe it
+    ran with.
     A method owns its optimizers: ``train_step`` does the forward, backward and update for one batch (GANs
     alternate several networks).
     """

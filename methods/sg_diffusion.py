@@ -493,7 +493,7 @@ class SGDiffusion(Method):
 
     Config = SGDiffusionConfig
     tier_overrides = {"smoke": _SMOKE, "quick": _QUICK, "full": {}}
-    tier_history = {"1.1": {"quick": _QUICK_1_1}, "1.2": {"quick": _QUICK_1_2}}
+    tier_history = {"1.1": {"quick": _QUICK_1_1}, "1.2": {"quick": _QUICK_1_2}}  # key: last version in force
     compile_targets = ("net.unet",)
     supports_grad_accum = True
 

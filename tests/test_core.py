@@ -143,6 +143,21 @@ def _item(n: int, t: int) -> SceneGraphItem:
     )
 
 
+def test_tier_history_keys_are_the_last_version_a_recipe_was_in_force():
+    """A recipe listed under key K held for every version up to K since the previous key; later versions use
+    the current overrides (None). Versions compare numerically; an unparsable one only matches its own key."""
+    from benchmark.config import historical_overrides
+
+    a, b, full = {"train.steps": 1}, {"train.steps": 2}, {"train.steps": 9}
+    history = {"1.1": {"quick": a}, "1.3": {"quick": b}, "1.10": {"full": full}, "x": {"quick": full}}
+    got = {v: historical_overrides(history, "quick", v) for v in ("1.0", "1.1", "1.2", "1.3", "1.4", "1.9", "x")}
+    assert got == {"1.0": a, "1.1": a, "1.2": b, "1.3": b, "1.4": None, "1.9": None, "x": full}
+    assert historical_overrides(history, "full", "1.2") == full  # the full tier changed only after 1.10
+    assert historical_overrides(history, "full", "1.11") is None
+    assert historical_overrides(history, "quick", "dev") is None
+    assert historical_overrides({}, "quick", "1.1") is None
+
+
 def test_collate_offsets_triples_and_split_inverts_it():
     items = [_item(3, 2), _item(4, 3)]
     b = collate(items)

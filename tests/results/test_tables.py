@@ -150,13 +150,14 @@ def test_results_of_an_earlier_protocol_are_labelled_against_its_recipe(method: 
     version's recipe (``Method.tier_history``): its defaults give no label there, and the same config stamped
     with the current version is labelled with every field the recipe changed."""
     from benchmark import registry
+    from benchmark.config import historical_overrides
     from benchmark.protocol import load_protocol
     from benchmark.results.groups import run_changes
 
     old = tier_defaults(method, "shapes", "quick", version=version)
     new = tier_defaults(method, "shapes", "quick")
     assert old is not None and new is not None
-    recipe = registry.get("method", method).tier_history[version]["quick"]
+    recipe = historical_overrides(registry.get("method", method).tier_history, "quick", version)
     changed = {k for k in new if old[k] != new[k]}
     assert changed and all(k.startswith("method_cfg.") or k.startswith("train.") for k in changed)
     current = load_protocol("shapes")["version"]
@@ -169,3 +170,20 @@ def test_results_of_an_earlier_protocol_are_labelled_against_its_recipe(method: 
 
     assert run_changes(result(version)) == {}
     assert set(run_changes(result(current))) == changed
+
+
+@pytest.mark.parametrize(("method", "version"), [("learned_ddpm", "1.3"), ("minilm_ddpm", "1.3")])
+def test_a_recipe_unchanged_since_an_earlier_protocol_gives_no_label(method: str, version: str) -> None:
+    """The diffusion quick recipe did not change from 1.3 to the current protocol: a 1.3 result run with it
+    has no config changes, without a ``tier_history`` entry for 1.3."""
+    from benchmark import registry
+    from benchmark.config import historical_overrides
+    from benchmark.results.groups import run_changes
+
+    assert historical_overrides(registry.get("method", method).tier_history, "quick", version) is None
+    cfg = tier_defaults(method, "shapes", "quick")
+    assert cfg is not None and tier_defaults(method, "shapes", "quick", version=version) == cfg
+    r = run()
+    r = RunResult(**{**r.__dict__, "method": method, "tier": "quick", "config": nested(cfg),
+                     "protocol": {"version": version, "sha256": SHA}})  # fmt: skip
+    assert run_changes(r) == {}
