@@ -4,11 +4,12 @@ Run: ``python -m pytest benchmarks/test_bench_diffusion.py -p no:cacheprovider -
 -o addopts=--import-mode=importlib``. Figures go to ``benchmark.extra_info``; nothing is asserted about time.
 
 - ``test_train_step_quick``: one ``train_step`` of ``learned_ddpm`` at the quick tier (32 px, batch 32).
-- ``test_unet_train_step_vs_diffusers`` / ``test_unet_denoising_step_vs_diffusers``: improved-diffusion's
-  32 px UNet (64 ch, ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, learned
-  sigma, batch 32: 9,926,790 parameters) as ours and as diffusers' ``UNet2DModel`` of the same architecture
-  (same parameter count, checked), timed alternately in this run on the same inputs
-  (:mod:`benchmarks.side_by_side`): both medians and ``peer/ours``.
+- ``test_unet_train_step_vs_diffusers[fp32|bf16]`` / ``test_unet_denoising_step_vs_diffusers``:
+  improved-diffusion's 32 px UNet (64 ch, ``channel_mult`` (1, 2, 2, 2), 2 res blocks, attention at 16 and
+  8 px, 4 heads, learned sigma, batch 32: 9,926,790 parameters) as ours and as diffusers' ``UNet2DModel`` of
+  the same architecture (same parameter count, checked), timed alternately in this run on the same inputs
+  (:mod:`benchmarks.side_by_side`): both medians and ``peer/ours``; the training step in fp32 and with both
+  sides under CPU bf16 autocast (like for like: the precision is never mixed across a pair).
 - ``test_sampling_throughput[sampler]``: images/s of ``sample`` for the quick-tier model with 1000-step
   respaced DDPM (i.e. no respacing), 50-step DDIM and 20-step DPM-Solver++ (batch 16).
 - ``test_full_tier_train_step_cpu``: the full-tier 64 px model (ADM-64 scale) on CPU at batch 2, with the
@@ -132,9 +133,13 @@ def _ours_forward(net, x, t):
     return net(x, t.float())
 
 
-def test_unet_train_step_vs_diffusers(benchmark):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_unet_train_step_vs_diffusers(benchmark, precision):
     """Training step of improved-diffusion's 9.9M UNet, 32 px, batch 32, hybrid loss: diffusers
-    ``UNet2DModel`` of the same architecture vs ours, alternately, same images, timesteps and noise."""
+    ``UNet2DModel`` of the same architecture vs ours, alternately, same images, timesteps and noise; both in
+    fp32, or both under bf16 autocast (``train.precision=bf16``; fast only on CPUs with bf16 dot-product
+    instructions, e.g. AVX512-BF16 or AMX, and emulated elsewhere)."""
+    import contextlib
     import copy
 
     from methods.diffusion import GaussianDiffusion
@@ -150,9 +155,17 @@ def test_unet_train_step_vs_diffusers(benchmark):
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(1)
         sides[name] = lambda net=net, ema=ema, opt=opt, g=g, fwd=fwd: _hybrid_step(fwd, net, ema, opt, x0, diffusion, g)
-    benchmark.extra_info.update(peer_params=n_peer, ours_params=n_ours, batch=32, image_size=32)
-    alternate(benchmark, "UNet training step (iDDPM 9.9M, 32 px, batch 32)", sides["peer"], sides["ours"],
-              rounds=5, warmup=2, peer_name="diffusers UNet2DModel", items=32)
+
+    def autocast(side):
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+                side()
+
+        return run
+
+    benchmark.extra_info.update(peer_params=n_peer, ours_params=n_ours, batch=32, image_size=32, precision=precision)
+    alternate(benchmark, f"UNet training step (iDDPM 9.9M, 32 px, batch 32, {precision})", autocast(sides["peer"]),
+              autocast(sides["ours"]), rounds=5, warmup=2, peer_name="diffusers UNet2DModel", items=32)
 
 
 def test_unet_denoising_step_vs_diffusers(benchmark):
