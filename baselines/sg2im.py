@@ -198,8 +198,8 @@ class RefinementModule(nn.Module):
         - noise part: ``conv3x3(avgpool(noise), W_noise)``;
         - feature part: ``conv3x3(upsample_nearest_x2(feats), W_feat) = conv_transpose(feats, T W_feat T^T,
           stride 2, padding 1)`` (:mod:`benchmark.nn.resample`), 16 instead of 36 multiply-adds per input
-          pixel and output channel, and no upsampled copy. For the first module ``feats`` is sg2im's all-zero seed,
-          whose contribution (and weight gradient) is exactly 0: ``feats=None`` skips it.
+          pixel and output channel, and no upsampled copy. For the first module ``feats`` is sg2im's
+          all-zero seed, whose contribution (and weight gradient) is exactly 0: ``feats=None`` skips it.
 
         The same linear map, equal up to float rounding. vecs ``[O, D]``, maps ``[O, 1, H, W]``, noise
         ``[N, Z, H, W]`` or None, feats ``[N, C, size / 2, size / 2]`` or None -> ``[N, out, size, size]``.
