@@ -1,12 +1,17 @@
-"""Dropout (Srivastava et al. 2014) whose CPU keep-mask comes from ``torch.rand``.
+"""Dropout (Srivastava et al. 2014) whose CPU keep-mask comes from raw random bits.
 
 ``nn.Dropout`` keeps each element with probability ``1 - p`` and scales the kept ones by ``1 / (1 - p)``. On
-CPU its mask comes from ``bernoulli_``, which costs about twice as much as drawing uniform floats
-(``torch.rand``, measured on 2 cores: 12.4 vs 6.0 ms for 2M elements), and dropout after every ADM residual
-block is ~5 % of a 32 px UNet training step. Here the mask is ``rand >= p``: the same Bernoulli(1 - p)
-distribution (to the 2^-24 resolution of a float32 uniform), stored as a bool and reused by the backward
-pass. On CUDA the fused ``F.dropout`` kernel is faster, so it is used there. Both draw from torch's global
-generator, so ``torch.manual_seed`` (and ``torch.utils.checkpoint``'s RNG replay) reproduce the masks.
+CPU its mask comes from ``bernoulli_`` into a float tensor, and dropout after every ADM residual block is
+5-8 % of a 32 px UNet training step. Here, for float32 / float64 inputs, 64 uniform bits per draw
+(``int64.random_`` over its full range) are read as two uniform int32 values ``u``, and the mask is
+``m = (u >= t) / (1 - p)`` with ``t = round(p 2^32) - 2^31``: the same Bernoulli(1 - p) keep distribution,
+to a resolution of 2^-32 in ``p`` (a float32 uniform gives 2^-24), at half the generator calls of
+``torch.rand``. ``m`` is stored in the input's dtype, so the forward (``x m``) and the backward (``g m``) are one
+multiply each; kept values equal ``x * float(1 / (1 - p))`` exactly, as with ``nn.Dropout``. Measured on 2
+cores for 2M elements, forward + backward: 10.0 ms with a ``torch.rand`` bool mask, 5.9 ms with this one, 12.5
+ms with ``F.dropout``. Half-precision inputs (autocast) multiply by a bool mask and the scalar, so the scale
+is not rounded to 8 bits; CUDA uses the fused ``F.dropout``. All draw from torch's global generator, so
+``torch.manual_seed`` (and ``torch.utils.checkpoint``'s RNG replay) reproduce the masks.
 """
 
 from __future__ import annotations
@@ -15,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "keep_mask"]
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
+    """Bool tensor of ``shape``, each element True with probability ``1 - p`` (resolution 2^-32), i.i.d.,
+    from torch's global generator on ``device``."""
+    n = 1
+    for s in shape:
+        n *= s
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    u = bits.view(torch.int32)[:n].view(shape)  # uniform over [-2^31, 2^31)
+    return u >= min(round(p * 2**32), 2**32 - 1) - 2**31
 
 
 class Dropout(nn.Module):
@@ -32,7 +48,9 @@ class Dropout(nn.Module):
             return x
         if self.p == 1.0 or x.device.type != "cpu":
             return F.dropout(x, self.p, True)
-        keep = torch.rand(x.shape, device=x.device) >= self.p
+        keep = keep_mask(x.shape, self.p, x.device)
+        if x.dtype in (torch.float32, torch.float64):
+            return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
         return x * keep * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""benchmark/nn/dropout.py: Bernoulli(1 - p) keep-mask from torch.rand, scaled by 1 / (1 - p)."""
+"""benchmark/nn/dropout.py: Bernoulli(1 - p) keep-mask from raw random bits, scaled by 1 / (1 - p)."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from benchmark.nn.dropout import Dropout
+from benchmark.nn.dropout import Dropout, keep_mask
 
 
 def test_keeps_a_fraction_1_minus_p_scaled_and_the_backward_uses_the_same_mask():
@@ -21,8 +21,41 @@ def test_keeps_a_fraction_1_minus_p_scaled_and_the_backward_uses_the_same_mask()
     # binomial: std of the kept fraction is sqrt(p (1 - p) / n) = 3e-4; allow 5 sigma
     assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
     torch.testing.assert_close(y[kept], x.detach()[kept] / (1 - p), rtol=1e-6, atol=0)
+    # exactly nn.Dropout's kept values: x times the float32 scale
+    assert torch.equal(y[kept], x.detach()[kept] * torch.tensor(1 / (1 - p), dtype=torch.float32))
     (g,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g, kept.float() / (1 - p), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_is_bernoulli_1_minus_p_and_independent_of_position(p):
+    """Kept fraction within 5 sigma overall, in each half of an odd-length mask (the two int32 halves of a
+    64-bit draw) and between neighbours (no pairwise dependence)."""
+    torch.manual_seed(0)
+    n = 1_000_001
+    k = keep_mask((n,), p).double()
+    assert k.shape == (n,)
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(k.mean().item() - (1 - p)) < 5 * sd
+    for half in (k[0::2], k[1::2]):
+        assert abs(half.mean().item() - (1 - p)) < 5 * sd * math.sqrt(2)
+    both = (k[:-1] * k[1:]).mean().item()  # P(keep, keep) = (1 - p)^2 for independent draws
+    assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / n)
+
+
+def test_keep_mask_edges_and_shape():
+    assert keep_mask((3, 4, 5), 0.0).all() and keep_mask((3, 4, 5), 0.0).shape == (3, 4, 5)
+    assert keep_mask((1000,), 1.0 - 1e-15).sum() <= 1  # p rounds to (2^32 - 1) / 2^32
+    assert keep_mask((0, 3), 0.5).shape == (0, 3)
+
+
+def test_bf16_input_keeps_x_times_the_scale_in_bf16():
+    torch.manual_seed(0)
+    x = torch.rand(10_000).add(1.0).bfloat16()
+    y = Dropout(0.1).train()(x)
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept] * (1 / 0.9))
 
 
 def test_eval_mode_and_p0_are_the_identity_and_p1_drops_everything():
