@@ -33,7 +33,8 @@ def test_modules_are_drop_ins_for_the_1x1_convolutions(cls, ref_cls, shape):
     torch.manual_seed(0)
     ref = ref_cls(5, 7, 1)
     ours = cls(5, 7)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == shapes
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(shape)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
@@ -42,8 +43,8 @@ def test_modules_are_drop_ins_for_the_1x1_convolutions(cls, ref_cls, shape):
         torch.testing.assert_close(ours(xc), ref(x), rtol=1e-5, atol=1e-6)
     nobias = cls(5, 7, bias=False)
     assert nobias.bias is None
-    torch.testing.assert_close(nobias(x), F.conv1d(x, nobias.weight) if len(shape) == 3 else F.conv2d(x, nobias.weight),
-                               rtol=1e-5, atol=1e-6)
+    conv = F.conv1d if len(shape) == 3 else F.conv2d
+    torch.testing.assert_close(nobias(x), conv(x, nobias.weight), rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_bf16_autocast_gives_bf16_like_the_convolution():
