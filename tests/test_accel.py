@@ -214,6 +214,18 @@ def test_compile_wraps_the_declared_targets():
     assert g.obj_discriminator.cnn._compiled_call_impl is not None
 
 
+def test_smoke_unet_traces_into_one_graph_for_compile():
+    """Dynamo + AOT autograd (the ``aot_eager`` backend: inductor's front half, no C++ compile) take the
+    smoke-tier UNet, dropout on, as one graph in a training step, so ``train.compile`` has no graph breaks."""
+    _, m, batch = _smoke_pair(dropout=0.1)
+    torch._dynamo.reset()
+    m.net.unet.compile(backend="aot_eager", fullgraph=True)
+    torch.manual_seed(0)
+    losses = m.train_step(batch, 0)
+    assert math.isfinite(losses["loss"])
+    assert all(p.grad is not None for p in m.net.unet.parameters() if p.requires_grad)
+
+
 @pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("SG2I_TEST_COMPILE")),
     reason="inductor's first compile of the smoke UNet took 419 s on 2 busy CPU cores (measured); "

@@ -94,3 +94,15 @@ def test_activation_checkpointing_replays_the_mask():
     g_ckpt = torch.autograd.grad(out.sum(), [x, lin.weight])
     for a, b in zip(g_plain, g_ckpt, strict=True):
         assert torch.equal(a, b)
+
+
+def test_compiles_into_one_graph_and_trains():
+    """Under ``torch.compile`` the module takes ``F.dropout`` (``random_`` into an int32 view would break the
+    graph and fail AOT autograd); ``aot_eager`` traces without a C++ compiler."""
+    torch._dynamo.reset()
+    net = nn.Sequential(nn.Linear(8, 8), Dropout(0.5)).train()
+    x = torch.randn(4, 8)
+    y = torch.compile(net, backend="aot_eager", fullgraph=True)(x)
+    y.sum().backward()
+    kept = y != 0
+    assert 0 < kept.sum() < kept.numel() and net[0].weight.grad is not None

@@ -55,3 +55,16 @@ def test_cpu_bf16_autocast_gives_bf16_like_the_convolution():
         ours, ref = m(x), F.conv2d(x, m.weight, m.bias)
     assert ours.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_compiles_into_one_graph_with_the_convolution_gradients():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = PointwiseConv2d(6, 4)
+    x = torch.randn(2, 6, 3, 5, requires_grad=True)
+    y = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+    ref = F.conv2d(x, m.weight, m.bias)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    g, g_ref = torch.autograd.grad(y.sum(), [x, m.weight]), torch.autograd.grad(ref.sum(), [x, m.weight])
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
