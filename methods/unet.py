@@ -14,7 +14,7 @@ keys/values that the pixels attend to *together with* the self-attention keys). 
   forward + backward 1.5x / 2.2x / 2.6x faster for 8 / 16 / 32 px outputs, 128 channels, batch 32, on 2 CPU
   cores; :mod:`benchmark.nn.resample`);
 - dropout's CPU mask drawn from raw random bits and applied as one float multiply
-  (:mod:`benchmark.nn.dropout`: the same distribution, forward + backward about half the cost of
+  (:mod:`benchmark.nn.dropout`: the same distribution, forward + backward about 40 % of the cost of
   ``nn.Dropout``);
 - the 1x1 convolutions (residual skips, attention ``qkv`` / ``proj_out`` / ``encoder_kv``) as one batched
   matrix product on CPU (:mod:`benchmark.nn.pointwise`: the same parameters and map, 1.3-2.8x faster than
