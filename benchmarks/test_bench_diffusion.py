@@ -79,11 +79,11 @@ def test_train_step_quick(benchmark):
     benchmark.extra_info.update({"it_per_s": 1 / s, "img_per_s": 32 / s, "threads": torch.get_num_threads()})
 
 
-def _iddpm_unets(perturb: bool = True) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _iddpm_unets() -> tuple[torch.nn.Module, torch.nn.Module]:
     """improved-diffusion's 32 px UNet (``image_train.py`` defaults with ``--num_channels 64``: channel_mult
     (1, 2, 2, 2), 2 res blocks, attention at 16 and 8 px, 4 heads, scale-shift norm, learned sigma, dropout
-    0.1) as ours and as diffusers' ``UNet2DModel`` (the peer). Both have 9,926,790 parameters; ``perturb``
-    moves both off their zero-initialised state (see below)."""
+    0.1) as ours and as diffusers' ``UNet2DModel`` (the peer). Both have 9,926,790 parameters, and
+    both are moved off their zero-initialised state (see below)."""
     from diffusers import UNet2DModel
 
     from methods.unet import UNetModel
@@ -114,7 +114,7 @@ def _iddpm_unets(perturb: bool = True) -> tuple[torch.nn.Module, torch.nn.Module
     # steps: down to 5e-24 in ours, and subnormal values in its Adam state), a regime that real training
     # leaves within a few steps and in which x86 arithmetic can slow down on denormals. Every parameter of
     # both gets N(0, 0.02^2) noise from the same seed.
-    for net in (peer, ours) if perturb else ():
+    for net in (peer, ours):
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in net.parameters():

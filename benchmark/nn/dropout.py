@@ -18,6 +18,8 @@ an int32 view breaks its graphs), use the fused ``F.dropout``. All draw from tor
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,9 +28,7 @@ __all__ = ["Dropout", "keep_mask"]
 
 
 def _uniform_int32(shape: torch.Size | tuple[int, ...], device: torch.device | str) -> Tensor:
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
     return bits.view(torch.int32)[:n].view(shape)  # uniform over [-2^31, 2^31)
 
@@ -57,12 +57,11 @@ class Dropout(nn.Module):
             return x
         if self.p == 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
             return F.dropout(x, self.p, True)  # fused; under torch.compile, inductor's own RNG
-        u = _uniform_int32(x.shape, x.device)
+        u, t, scale = _uniform_int32(x.shape, x.device), _threshold(self.p), 1.0 / (1.0 - self.p)
         if x.dtype in (torch.float32, torch.float64):  # the comparison writes the float mask directly
             m = torch.empty_like(x, memory_format=torch.contiguous_format)
-            torch.ge(u, _threshold(self.p), out=m)
-            return x * m.mul_(1.0 / (1.0 - self.p))
-        return x * (u >= _threshold(self.p)) * (1.0 / (1.0 - self.p))
+            return x * torch.ge(u, t, out=m).mul_(scale)
+        return x * (u >= t) * scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

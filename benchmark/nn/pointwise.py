@@ -36,25 +36,21 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     return y.reshape(b, -1, *x.shape[2:])
 
 
-def _use_bmm(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.is_contiguous()
+class _Pointwise:
+    """Kernel size 1 fixed; on CPU, contiguous inputs go through :func:`pointwise_conv`."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)  # type: ignore[call-arg]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.is_contiguous():
+            return pointwise_conv(x, self.weight, self.bias)  # type: ignore[attr-defined]
+        return super().forward(x)  # type: ignore[misc]
 
 
-class PointwiseConv1d(nn.Conv1d):
+class PointwiseConv1d(_Pointwise, nn.Conv1d):
     """``nn.Conv1d(in_channels, out_channels, 1)`` whose CPU forward is :func:`pointwise_conv`."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return pointwise_conv(x, self.weight, self.bias) if _use_bmm(x) else super().forward(x)
-
-
-class PointwiseConv2d(nn.Conv2d):
+class PointwiseConv2d(_Pointwise, nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 1)`` whose CPU forward is :func:`pointwise_conv`."""
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return pointwise_conv(x, self.weight, self.bias) if _use_bmm(x) else super().forward(x)
