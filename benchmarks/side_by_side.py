@@ -3,7 +3,9 @@
 A figure from another run, machine or day is not a comparison (these 2-core machines move by 20-40 % within an
 hour), so every pair runs here as ``peer, ours, ours, peer, ...`` (the order flips each round so neither side
 always runs on a warmer cache), after warm-up rounds of both, and the medians and their ratio go to
-``benchmark.extra_info`` and to the terminal summary (``benchmarks/conftest.py``).
+``benchmark.extra_info`` and to the terminal summary (``benchmarks/conftest.py``). Each round's own ratio
+(peer and ours timed back to back) is reported as a range beside it: when the machine drifts during a run, that
+range shows how far one figure can be trusted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,30 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def summarize(peer_s: list[float], ours_s: list[float], items: int | None = None) -> dict[str, float]:
+    """Medians, minima and ``ratio_peer_over_ours = median(peer) / median(ours)`` of paired timings (round i of
+    each side ran back to back), plus the median and range of the per-round ratios ``peer_i / ours_i``."""
+    if not peer_s or len(peer_s) != len(ours_s):
+        raise ValueError(f"summarize: need paired timings, got {len(peer_s)} peer and {len(ours_s)} ours")
+    med_p, med_o = statistics.median(peer_s), statistics.median(ours_s)
+    per_round = [p / o for p, o in zip(peer_s, ours_s)]
+    out = {
+        "peer_s_median": med_p,
+        "ours_s_median": med_o,
+        "peer_s_min": min(peer_s),
+        "ours_s_min": min(ours_s),
+        "ratio_peer_over_ours": med_p / med_o,
+        "ratio_round_median": statistics.median(per_round),
+        "ratio_round_min": min(per_round),
+        "ratio_round_max": max(per_round),
+        "rounds": len(ours_s),
+    }
+    if items:
+        out["peer_items_per_s"] = items / med_p
+        out["ours_items_per_s"] = items / med_o
+    return out
+
+
 def alternate(
     benchmark: Any,
     label: str,
@@ -38,8 +64,9 @@ def alternate(
 ) -> dict[str, float]:
     """Time ``peer`` and ``ours`` alternately for ``rounds`` rounds after ``warmup`` rounds of each.
 
-    Returns (and records in ``benchmark.extra_info``) both medians in seconds, their minima, and
-    ``ratio = peer_median / ours_median`` (> 1: ours is faster). ``items`` (images per call) adds img/s.
+    Returns (and records in ``benchmark.extra_info``) :func:`summarize` of the timings: both medians in seconds,
+    their minima, ``ratio_peer_over_ours`` (> 1: ours is faster) and the per-round ratio range. ``items``
+    (images per call) adds img/s.
     """
     # SG2I_BENCH_ROUNDS=r[,w]: fewer rounds (and warm-ups) for a quick look while developing.
     env = os.environ.get("SG2I_BENCH_ROUNDS")
@@ -63,23 +90,12 @@ def alternate(
             times[name].append(time.perf_counter() - t0)
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    out = {
-        "peer_s_median": med["peer"],
-        "ours_s_median": med["ours"],
-        "peer_s_min": min(times["peer"]),
-        "ours_s_min": min(times["ours"]),
-        "ratio_peer_over_ours": med["peer"] / med["ours"],
-        "rounds": len(times["ours"]),
-    }
-    if items:
-        out["peer_items_per_s"] = items / med["peer"]
-        out["ours_items_per_s"] = items / med["ours"]
+    out = summarize(times["peer"], times["ours"], items)
     benchmark.extra_info.update(peer=peer_name, threads=torch.get_num_threads(), **out)
     line = (
-        f"{label}: {peer_name} {med['peer']:.3f} s, ours {med['ours']:.3f} s, "
-        f"peer/ours {out['ratio_peer_over_ours']:.2f} (medians of {out['rounds']} alternating rounds, "
-        f"{torch.get_num_threads()} threads)"
+        f"{label}: {peer_name} {out['peer_s_median']:.3f} s, ours {out['ours_s_median']:.3f} s, "
+        f"peer/ours {out['ratio_peer_over_ours']:.2f} (medians of {out['rounds']} alternating rounds; per round "
+        f"{out['ratio_round_min']:.2f}-{out['ratio_round_max']:.2f}; {torch.get_num_threads()} threads)"
     )
     RESULTS.append(line)
     print("\n[side-by-side] " + line, flush=True)

@@ -1,0 +1,24 @@
+"""benchmarks/side_by_side.py: the figures a side-by-side pair reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.side_by_side import summarize
+
+
+def test_summarize_ratio_of_medians_and_per_round_range():
+    out = summarize([2.0, 3.0, 2.4], [1.0, 2.0, 2.0], items=32)
+    assert out["peer_s_median"] == 2.4 and out["ours_s_median"] == 2.0
+    assert out["ratio_peer_over_ours"] == pytest.approx(1.2)
+    # per round: 2.0, 1.5, 1.2
+    assert (out["ratio_round_min"], out["ratio_round_median"], out["ratio_round_max"]) == pytest.approx(
+        (1.2, 1.5, 2.0)
+    )
+    assert out["rounds"] == 3 and out["ours_items_per_s"] == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("peer,ours", [([], []), ([1.0], [1.0, 2.0])])
+def test_summarize_rejects_unpaired_timings(peer, ours):
+    with pytest.raises(ValueError, match="paired"):
+        summarize(peer, ours)
