@@ -74,7 +74,7 @@ def test_fid_features_vs_cleanfid_folder(benchmark, fid_images):
     def ours():
         out["ours"] = inception_features(images, "cpu", batch_size=32, progress=False)
 
-    alternate(benchmark, "FID features, 32 images (32 px -> 299)", peer, ours, rounds=3, warmup=1,
+    alternate(benchmark, "FID features, 32 images (32 px -> 299)", peer, ours, rounds=5, warmup=1,
               peer_name="clean-fid get_folder_features", items=FID_IMAGES)
     diff = float(np.abs(out["peer"] - out["ours"]).max())
     benchmark.extra_info["max_abs_feature_diff"] = diff
@@ -95,7 +95,7 @@ def test_fid_features_vs_inception_alone(benchmark, fid_images):
             layers(resized)
 
     alternate(benchmark, "FID features vs the Inception network alone, 32 images", peer,
-              lambda: inception_features(images, "cpu", batch_size=32, progress=False), rounds=3, warmup=1,
+              lambda: inception_features(images, "cpu", batch_size=32, progress=False), rounds=5, warmup=1,
               peer_name="Inception alone (pre-resized)", items=FID_IMAGES)
 
 
