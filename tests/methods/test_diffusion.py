@@ -294,6 +294,33 @@ def test_unet_upsample_is_adm_nearest_x2_then_conv():
     assert torch.equal(Upsample(4, False)(x), F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_scale_shift_group_norm_is_adm_adagn(layout, affine):
+    """``scale_shift_group_norm`` (one per-sample-affine group norm) is ADM's ``GN(h) * (1 + scale) + shift``,
+    output and gradients (h, scale, shift, gamma, beta), in float64."""
+    from methods.unet import scale_shift_group_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 12, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+    h = torch.randn(3, 12, 5, 4, dtype=torch.float64)
+    if layout == "channels_last":
+        h = h.contiguous(memory_format=torch.channels_last)
+    h.requires_grad_()
+    scale, shift = (torch.randn(3, 12, 1, 1, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    ref = norm(h) * (1 + scale) + shift
+    ours = scale_shift_group_norm(norm, h, scale, shift)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    inputs = [h, scale, shift, *norm.parameters()]
+    for a, r in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
+
+
 @pytest.mark.parametrize(
     ("channels", "groups"), [(32, 32), (64, 32), (128, 32), (192, 32), (256, 32), (16, 4), (48, 12), (8, 2), (3, 1)]
 )
