@@ -6,9 +6,9 @@ from typing import Any
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    from benchmarks.side_by_side import RESULTS
+    from benchmarks.side_by_side import RESULTS, format_table
 
     if RESULTS:
         terminalreporter.section("side by side: peer vs ours, same run, same inputs")
-        for line in RESULTS:
+        for line in format_table(RESULTS):
             terminalreporter.write_line(line)

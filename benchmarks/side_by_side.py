@@ -4,8 +4,8 @@ A figure from another run, machine or day is not a comparison (these 2-core mach
 hour), so every pair runs here as ``peer, ours, ours, peer, ...`` (the order flips each round so neither side
 always runs on a warmer cache), after warm-up rounds of both, and the medians and their ratio go to
 ``benchmark.extra_info`` and to the terminal summary (``benchmarks/conftest.py``). Each round's own ratio
-(peer and ours timed back to back) is reported as a range beside it: when the machine drifts during a run, that
-range shows how far one figure can be trusted.
+(peer and ours timed back to back) is reported as a range beside it, with the ratio of the two minima: when the
+machine drifts during a run, they show how far one figure can be trusted.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-#: One line per measured pair, printed by ``benchmarks/conftest.py`` at the end of the session.
-RESULTS: list[str] = []
+#: ``(label, peer name, summarize(...), threads)`` per measured pair, printed as one table by
+#: ``benchmarks/conftest.py`` (:func:`format_table`) at the end of the session.
+RESULTS: list[tuple[str, str, dict[str, float], int]] = []
 
 
 def _sync() -> None:
@@ -29,7 +30,8 @@ def _sync() -> None:
 
 def summarize(peer_s: list[float], ours_s: list[float], items: int | None = None) -> dict[str, float]:
     """Medians, minima and ``ratio_peer_over_ours = median(peer) / median(ours)`` of paired timings (round i of
-    each side ran back to back), plus the median and range of the per-round ratios ``peer_i / ours_i``."""
+    each side ran back to back), the ratio of the minima (contention only ever adds time, so each side's
+    fastest round is its least disturbed one), and the median and range of the per-round ratios."""
     if not peer_s or len(peer_s) != len(ours_s):
         raise ValueError(f"summarize: need paired timings, got {len(peer_s)} peer and {len(ours_s)} ours")
     med_p, med_o = statistics.median(peer_s), statistics.median(ours_s)
@@ -40,6 +42,7 @@ def summarize(peer_s: list[float], ours_s: list[float], items: int | None = None
         "peer_s_min": min(peer_s),
         "ours_s_min": min(ours_s),
         "ratio_peer_over_ours": med_p / med_o,
+        "ratio_of_minima": min(peer_s) / min(ours_s),
         "ratio_round_median": statistics.median(per_round),
         "ratio_round_min": min(per_round),
         "ratio_round_max": max(per_round),
@@ -92,11 +95,29 @@ def alternate(
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     out = summarize(times["peer"], times["ours"], items)
     benchmark.extra_info.update(peer=peer_name, threads=torch.get_num_threads(), **out)
-    line = (
-        f"{label}: {peer_name} {out['peer_s_median']:.3f} s, ours {out['ours_s_median']:.3f} s, "
-        f"peer/ours {out['ratio_peer_over_ours']:.2f} (medians of {out['rounds']} alternating rounds; per round "
-        f"{out['ratio_round_min']:.2f}-{out['ratio_round_max']:.2f}; {torch.get_num_threads()} threads)"
+    RESULTS.append((label, peer_name, out, torch.get_num_threads()))
+    print(
+        f"\n[side-by-side] {label}\n    {peer_name} {out['peer_s_median']:.3f} s | ours {out['ours_s_median']:.3f} s"
+        f" | peer/ours {out['ratio_peer_over_ours']:.2f} (medians of {out['rounds']}) | minima "
+        f"{out['ratio_of_minima']:.2f} | per round {out['ratio_round_min']:.2f}-{out['ratio_round_max']:.2f}",
+        flush=True,
     )
-    RESULTS.append(line)
-    print("\n[side-by-side] " + line, flush=True)
     return out
+
+
+def format_table(results: list[tuple[str, str, dict[str, float], int]]) -> list[str]:
+    """The pairs as a table that fits 120 columns: each pair's label, then its peer on the next line."""
+    rows = [
+        f"{'pair / peer':<62}{'peer s':>8}{'ours s':>8}{'peer/ours':>11}{'minima':>8}{'per round':>12}{'rounds':>7}"
+    ]
+    for label, peer_name, out, threads in results:
+        rows.append(
+            f"{label[:61]:<62}{out['peer_s_median']:>8.3f}{out['ours_s_median']:>8.3f}"
+            f"{out['ratio_peer_over_ours']:>11.2f}{out['ratio_of_minima']:>8.2f}"
+            f"{out['ratio_round_min']:>7.2f}-{out['ratio_round_max']:<4.2f}{int(out['rounds']):>7}"
+        )
+        rows.append(f"  vs {peer_name}, {threads} threads")
+    rows.append(
+        "peer/ours > 1: ours is faster. Medians of alternating rounds; minima: fastest round of each side."
+    )
+    return rows

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.side_by_side import summarize
+from benchmarks.side_by_side import format_table, summarize
 
 
 def test_summarize_ratio_of_medians_and_per_round_range():
     out = summarize([2.0, 3.0, 2.4], [1.0, 2.0, 2.0], items=32)
     assert out["peer_s_median"] == 2.4 and out["ours_s_median"] == 2.0
     assert out["ratio_peer_over_ours"] == pytest.approx(1.2)
+    assert out["ratio_of_minima"] == pytest.approx(2.0)
     # per round: 2.0, 1.5, 1.2
     assert (out["ratio_round_min"], out["ratio_round_median"], out["ratio_round_max"]) == pytest.approx(
         (1.2, 1.5, 2.0)
@@ -22,3 +23,13 @@ def test_summarize_ratio_of_medians_and_per_round_range():
 def test_summarize_rejects_unpaired_timings(peer, ours):
     with pytest.raises(ValueError, match="paired"):
         summarize(peer, ours)
+
+
+def test_format_table_fits_120_columns_and_keeps_every_figure():
+    out = summarize([2.2, 2.5], [2.0, 1.9])
+    label = "UNet training step (iDDPM 9.9M, 32 px, batch 32, fp32)"
+    rows = format_table([(label, "diffusers UNet2DModel", out, 2)])
+    assert all(len(r) <= 120 for r in rows), max(map(len, rows))
+    assert rows[1].startswith(label) and "2.350" in rows[1] and "1.950" in rows[1]
+    assert f"{out['ratio_peer_over_ours']:.2f}" in rows[1] and f"{out['ratio_of_minima']:.2f}" in rows[1]
+    assert rows[2] == "  vs diffusers UNet2DModel, 2 threads"
