@@ -106,13 +106,16 @@ def alternate(
 
 
 def format_table(results: list[tuple[str, str, dict[str, float], int]]) -> list[str]:
-    """The pairs as a table that fits 120 columns: each pair's label, then its peer on the next line."""
+    """The pairs as a table that fits 120 columns: each pair's label and figures, then its peer on the next line."""
     rows = [
         f"{'pair / peer':<62}{'peer s':>8}{'ours s':>8}{'peer/ours':>11}{'minima':>8}{'per round':>12}{'rounds':>7}"
     ]
     for label, peer_name, out, threads in results:
+        if len(label) > 61:  # a long label gets its own line
+            rows.append(label)
+            label = ""
         rows.append(
-            f"{label[:61]:<62}{out['peer_s_median']:>8.3f}{out['ours_s_median']:>8.3f}"
+            f"{label:<62}{out['peer_s_median']:>8.3f}{out['ours_s_median']:>8.3f}"
             f"{out['ratio_peer_over_ours']:>11.2f}{out['ratio_of_minima']:>8.2f}"
             f"{out['ratio_round_min']:>7.2f}-{out['ratio_round_max']:<4.2f}{int(out['rounds']):>7}"
         )

@@ -33,3 +33,10 @@ def test_format_table_fits_120_columns_and_keeps_every_figure():
     assert rows[1].startswith(label) and "2.350" in rows[1] and "1.950" in rows[1]
     assert f"{out['ratio_peer_over_ours']:.2f}" in rows[1] and f"{out['ratio_of_minima']:.2f}" in rows[1]
     assert rows[2] == "  vs diffusers UNet2DModel, 2 threads"
+
+
+def test_format_table_puts_a_long_label_on_its_own_line():
+    label = "minilm_ddpm quick sampling, 50 steps, 16 images: off vs box guidance, a long label"
+    rows = format_table([(label, "guidance off", summarize([1.0], [2.0]), 2)])
+    assert rows[1] == label and rows[2].split() == ["1.000", "2.000", "0.50", "0.50", "0.50-0.50", "1"]
+    assert all(len(r) <= 120 for r in rows)
