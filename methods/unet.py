@@ -20,7 +20,8 @@ keys/values that the pixels attend to *together with* the self-attention keys). 
   matrix product on CPU (:mod:`benchmark.nn.pointwise`: the same parameters and map, 1.3-2.8x faster than
   oneDNN's NCHW 1x1 convolution, forward + backward);
 - AdaGN's ``GN(h) (1 + scale) + shift`` as one ``group_norm`` call with a per-sample affine
-  (:func:`scale_shift_group_norm`: the same map, two elementwise passes fewer forward and backward);
+  (:func:`scale_shift_group_norm`: the same map; in a profile of the 9.9M UNet's training step on 2 CPU
+  cores, the elementwise multiply / add / sum time fell from 85 to 57 ms);
 - no fp16 switch (autocast is the trainer's business); ``use_checkpoint`` recomputes each block's
   activations in the backward pass (``torch.utils.checkpoint``, non-reentrant, RNG state restored: the same
   gradients) instead of ADM's hand-written ``checkpoint``.
