@@ -176,7 +176,7 @@ def test_unet_train_step_vs_diffusers(benchmark, precision):
 
     benchmark.extra_info.update(peer_params=n_peer, ours_params=n_ours, batch=32, image_size=32, precision=precision)
     alternate(benchmark, f"UNet training step (iDDPM 9.9M, 32 px, batch 32, {precision})", autocast(sides["peer"]),
-              autocast(sides["ours"]), rounds=5, warmup=2, peer_name="diffusers UNet2DModel", items=32)
+              autocast(sides["ours"]), rounds=7, warmup=2, peer_name="diffusers UNet2DModel", items=32)
 
 
 def test_unet_denoising_step_vs_diffusers(benchmark):

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
-from benchmarks.side_by_side import format_table, summarize
+# benchmarks/ is not an installed package: load the file itself, as tests/test_device_check.py does.
+_spec = importlib.util.spec_from_file_location(
+    "side_by_side", Path(__file__).resolve().parents[1] / "benchmarks" / "side_by_side.py"
+)
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+format_table, summarize = _mod.format_table, _mod.summarize
 
 
 def test_summarize_ratio_of_medians_and_per_round_range():
