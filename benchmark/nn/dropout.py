@@ -37,10 +37,16 @@ def _threshold(p: float) -> int:
     return min(round(p * 2**32), 2**32 - 1) - 2**31
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
-    """Bool tensor of ``shape``, each element True with probability ``1 - p`` (resolution 2^-32), i.i.d.,
-    from torch's global generator on ``device``."""
-    return _uniform_int32(shape, device) >= _threshold(p)
+def keep_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    device: torch.device | str = "cpu",
+    out: Tensor | None = None,
+) -> Tensor:
+    """Keep-mask of ``shape``, each element 1 (True) with probability ``1 - p`` (resolution 2^-32), i.i.d., from
+    torch's global generator on ``device``: a bool tensor, or written as 0 / 1 into ``out`` (any dtype)."""
+    u = _uniform_int32(shape, device)
+    return torch.ge(u, _threshold(p), out=out) if out is not None else u >= _threshold(p)
 
 
 class Dropout(nn.Module):
@@ -57,11 +63,11 @@ class Dropout(nn.Module):
             return x
         if self.p == 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
             return F.dropout(x, self.p, True)  # fused; under torch.compile, inductor's own RNG
-        u, t, scale = _uniform_int32(x.shape, x.device), _threshold(self.p), 1.0 / (1.0 - self.p)
+        scale = 1.0 / (1.0 - self.p)
         if x.dtype in (torch.float32, torch.float64):  # the comparison writes the float mask directly
             m = torch.empty_like(x, memory_format=torch.contiguous_format)
-            return x * torch.ge(u, t, out=m).mul_(scale)
-        return x * (u >= t) * scale
+            return x * keep_mask(x.shape, self.p, x.device, out=m).mul_(scale)
+        return x * keep_mask(x.shape, self.p, x.device) * scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
